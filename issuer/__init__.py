@@ -1,0 +1,118 @@
+"""issuer: the backend half of WeChat mini-program login.
+
+``create_app`` builds the Flask app: settings (defaults, ``ISSUER_CONFIG``, ``ISSUER_*``,
+explicit overrides), logging, the key ring, the store, the WeChat client, rate limits, and the
+views. Nothing happens at import time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from flask import Flask
+from flask_limiter import Limiter
+from werkzeug.middleware.dispatcher import DispatcherMiddleware
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from .config import ConfigError, Settings, StartupError, load_settings
+from .keys import KeyDirectory
+from .logs import configure_logging
+from .sealing import Sealer
+from .service import AuthService
+from .store import StoreUnavailable, open_store
+from .wechat import WeChatClient
+
+__all__ = ["ConfigError", "StartupError", "create_app"]
+
+
+def create_app(
+    config: Mapping[str, Any] | None = None,
+    *,
+    clock: Callable[[], float] = time.time,
+    environ: Mapping[str, str] | None = None,
+) -> Flask:
+    """Build the issuer app.
+
+    :param config: settings by lower-case name, winning over the environment and the file.
+    :param clock: the service's clock (seconds since the epoch), replaceable in tests.
+    :param environ: the environment to read settings from (``os.environ`` by default).
+    :raises StartupError: a setting, the key directory or the database is unusable; the
+        message is one line naming what to fix.
+    """
+    settings = load_settings(config, environ)
+    configure_logging(json_lines=not settings.development)
+    app = Flask(__name__)
+    for warning in settings.warnings:
+        app.logger.warning(warning)
+
+    ring = KeyDirectory(settings.keys_dir).load(
+        settings.signing_alg,
+        retired_lifetime=settings.access_token_ttl + settings.leeway,
+        data_key=settings.data_key,
+    )
+    store = open_store(settings.database_url)
+    try:
+        store.migrate()
+    except StoreUnavailable as error:
+        raise StartupError(f"ISSUER_DATABASE_URL: cannot open the database: {error}") from None
+    finally:
+        store.close()  # each worker thread opens its own connection when it needs one
+
+    service = AuthService(
+        settings=settings,
+        store=store,
+        wechat=WeChatClient(settings.wechat_api_base, settings.wechat_timeout),
+        keys=lambda: ring,
+        sealer=Sealer(ring.data_keys, ring.active_data_kid),
+        clock=clock,
+    )
+    app.extensions["issuer"] = service
+
+    from . import http, views
+
+    http.install(app)
+    for blueprint in (views.auth, views.api, views.discovery, views.health):
+        app.register_blueprint(blueprint)
+    _install_rate_limits(app, settings)
+    if settings.proxy_hops:
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=settings.proxy_hops, x_proto=settings.proxy_hops
+        )
+    if settings.emulate_wechat:
+        _mount_emulator(app, settings)
+    return app
+
+
+def _install_rate_limits(app: Flask, settings: Settings) -> None:
+    """Per client IP; ``memory://`` counts per worker process, Redis counts across all."""
+    from flask import request
+
+    limiter = Limiter(
+        key_func=lambda: request.remote_addr or "unknown",
+        storage_uri=settings.ratelimit_storage_uri,
+        headers_enabled=True,
+        key_prefix="issuer",
+    )
+    limiter.init_app(app)
+    app.extensions["issuer.limiter"] = limiter
+    for endpoint, rate in (
+        ("auth.login", settings.ratelimit_login),
+        ("auth.refresh", settings.ratelimit_refresh),
+    ):
+        view = app.view_functions[endpoint]
+        app.view_functions[endpoint] = limiter.limit(rate)(view)  # type: ignore[assignment]
+
+
+def _mount_emulator(app: Flask, settings: Settings) -> None:
+    """Serve the WeChat emulator under ``/_wechat`` of this app (development mode only)."""
+    from .emulator import WeChatEmulator
+
+    if not settings.development:
+        raise ConfigError("ISSUER_ENV", "the WeChat emulator never runs in production")
+    emulator = WeChatEmulator({item.appid: item.secret for item in settings.apps})
+    app.extensions["issuer.emulator"] = emulator
+    app.wsgi_app = DispatcherMiddleware(  # type: ignore[method-assign]
+        app.wsgi_app, {"/_wechat": emulator.app}
+    )

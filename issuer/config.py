@@ -1,0 +1,382 @@
+"""Settings: every ``ISSUER_*`` variable named once, parsed and checked once, at start-up.
+
+Precedence, lowest first: the defaults below, the TOML file named by ``ISSUER_CONFIG``, the
+``ISSUER_*`` environment, and the explicit overrides given to ``create_app``. A missing or
+malformed value raises :class:`ConfigError`, whose message is one line naming the variable;
+nothing here is looked at again after start-up.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import re
+import secrets
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import limits
+
+PREFIX = "ISSUER_"
+SIGNING_ALGORITHMS = ("ES256", "RS256", "EdDSA")
+APP_KINDS = ("miniprogram", "officialaccount")
+ENVIRONMENTS = ("production", "development")
+RATELIMIT_SCHEMES = (
+    "memory",
+    "redis",
+    "rediss",
+    "redis+unix",
+    "redis+cluster",
+    "redis+sentinel",
+    "memcached",
+    "mongodb",
+    "mongodb+srv",
+    "valkey",
+    "valkeys",
+)
+# WeChat appids are "wx" followed by 16 hex digits.
+APPID_PATTERN = re.compile(r"wx[0-9a-fA-F]{16}")
+# The app the development emulator plays when no app is configured.
+DEVELOPMENT_APPID = "wxde000000000000de"
+
+
+class StartupError(Exception):
+    """Start-up cannot go on; ``str(error)`` is one line for the operator."""
+
+
+class ConfigError(StartupError):
+    """A setting is missing or malformed. The message names the variable to fix."""
+
+    def __init__(self, setting: str, problem: str, source: str | None = None) -> None:
+        where = f" (from {source})" if source else ""
+        super().__init__(f"{setting}{where}: {problem}")
+        self.setting = setting
+
+
+@dataclass(frozen=True)
+class WeChatApp:
+    """One WeChat app issuer logs users in for. ``secret`` never leaves this process."""
+
+    appid: str
+    secret: str = field(repr=False)
+    kind: str = "miniprogram"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The validated configuration. Field names are the variable names without the prefix."""
+
+    env: str
+    url: str
+    audience: str
+    database_url: str
+    keys_dir: Path
+    signing_alg: str
+    access_token_ttl: int
+    refresh_token_ttl: int
+    refresh_reuse_grace: float
+    login_retry_window: float
+    leeway: int
+    ratelimit_login: str
+    ratelimit_refresh: str
+    ratelimit_storage_uri: str
+    proxy_hops: int
+    wechat_api_base: str
+    wechat_timeout: float
+    jwks_max_age: int
+    key_rotation_days: int
+    data_key: bytes | None = field(repr=False)
+    apps: tuple[WeChatApp, ...]
+    # The development emulator answers for WeChat (development mode, no API base given).
+    emulate_wechat: bool
+    # Unknown ISSUER_* variables: reported in the log once logging is set up.
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def development(self) -> bool:
+        return self.env == "development"
+
+    def app(self, appid: str) -> WeChatApp | None:
+        """The configured app with this appid, or None."""
+        for app in self.apps:
+            if app.appid == appid:
+                return app
+        return None
+
+
+# -- parsers: each takes the raw value (a str from the environment, any TOML type from the
+# file) and returns the typed value, or raises ValueError with the reason.
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise ValueError("must be a string")
+    text = str(value).strip()
+    if not text:
+        raise ValueError("must not be empty")
+    return text
+
+
+def _choice(*choices: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        text = _text(value)
+        if text not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}; got {text!r}")
+        return text
+
+    return parse
+
+
+def _whole(low: int, high: int | None = None) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        if isinstance(value, bool):
+            raise ValueError("must be a whole number")
+        try:
+            number = int(value) if isinstance(value, int) else int(_text(value), 10)
+        except ValueError:
+            raise ValueError(f"must be a whole number; got {value!r}") from None
+        if number < low or (high is not None and number > high):
+            bound = f"from {low} to {high}" if high is not None else f"at least {low}"
+            raise ValueError(f"must be {bound}; got {number}")
+        return number
+
+    return parse
+
+
+def _seconds(low: float, high: float) -> Callable[[Any], float]:
+    def parse(value: Any) -> float:
+        if isinstance(value, bool):
+            raise ValueError("must be a number of seconds")
+        try:
+            number = float(value) if isinstance(value, int | float) else float(_text(value))
+        except ValueError:
+            raise ValueError(f"must be a number of seconds; got {value!r}") from None
+        if not low <= number <= high:
+            raise ValueError(f"must be from {low:g} to {high:g} seconds; got {number:g}")
+        return number
+
+    return parse
+
+
+def _http_url(value: Any) -> str:
+    text = _text(value)
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"must be an http:// or https:// URL; got {text!r}")
+    if parts.query or parts.fragment:
+        raise ValueError("must not carry a query or a fragment")
+    return text
+
+
+def _database_url(value: Any) -> str:
+    text = _text(value)
+    if text.startswith("sqlite:///") and len(text) > len("sqlite:///"):
+        return text
+    if text.startswith(("postgresql://", "postgres://")):
+        raise ValueError("PostgreSQL is not supported by this version; use sqlite:///PATH")
+    raise ValueError(
+        "must be sqlite:///relative/path or sqlite:////absolute/path; "
+        f"got a value starting {text.split(':', 1)[0]!r}"
+    )
+
+
+def _rate_limit(value: Any) -> str:
+    text = _text(value)
+    try:
+        if not limits.parse_many(text):
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"must be a rate such as '60/minute'; got {text!r}") from None
+    return text
+
+
+def _storage_uri(value: Any) -> str:
+    text = _text(value)
+    scheme = text.split("://", 1)[0] if "://" in text else ""
+    if scheme not in RATELIMIT_SCHEMES:
+        raise ValueError(f"must be memory:// or a redis:// URI; got scheme {scheme!r}")
+    return text
+
+
+def _data_key(value: Any) -> bytes:
+    text = _text(value)
+    standard = text.rstrip("=").translate(str.maketrans("-_", "+/"))
+    try:
+        key = base64.b64decode(standard + "=" * (-len(standard) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("must be base64 of 32 random bytes") from None
+    if len(key) != 32:
+        raise ValueError(f"must be base64 of exactly 32 bytes; it decodes to {len(key)}")
+    return key
+
+
+# name -> (parser, default). The default None means "not set".
+SETTINGS: dict[str, tuple[Callable[[Any], Any], Any]] = {
+    "env": (_choice(*ENVIRONMENTS), "production"),
+    "url": (_http_url, "http://127.0.0.1:8000"),
+    "audience": (_text, None),
+    "database_url": (_database_url, "sqlite:///instance/issuer.db"),
+    "keys_dir": (_text, "keys"),
+    "signing_alg": (_choice(*SIGNING_ALGORITHMS), "ES256"),
+    "access_token_ttl": (_whole(1, 86_400), 900),
+    "refresh_token_ttl": (_whole(60), 2_592_000),
+    "refresh_reuse_grace": (_seconds(0, 300), 10.0),
+    "login_retry_window": (_seconds(0, 300), 10.0),
+    "leeway": (_whole(0, 30), 5),
+    "ratelimit_login": (_rate_limit, "60/minute"),
+    "ratelimit_refresh": (_rate_limit, "120/minute"),
+    "ratelimit_storage_uri": (_storage_uri, "memory://"),
+    "proxy_hops": (_whole(0, 10), 0),
+    "wechat_appid": (_text, None),
+    "wechat_secret": (_text, None),
+    "wechat_api_base": (_http_url, "https://api.weixin.qq.com"),
+    "wechat_timeout": (_seconds(0.1, 60), 5.0),
+    "jwks_max_age": (_whole(0, 86_400), 300),
+    "key_rotation_days": (_whole(0, 3650), 30),
+    "data_key": (_data_key, None),
+}
+# Read from the environment only: it names the file, so the file cannot set it.
+CONFIG_FILE_VARIABLE = PREFIX + "CONFIG"
+
+
+def variable(name: str) -> str:
+    """The variable of a setting: ``access_token_ttl`` -> ``ISSUER_ACCESS_TOKEN_TTL``."""
+    return PREFIX + name.upper()
+
+
+def load_settings(
+    overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Read, parse and check every setting.
+
+    :param overrides: settings by lower-case name (``{"access_token_ttl": 60}``), and
+        ``apps`` as a list of tables like the TOML file's; they win over everything.
+    :param environ: the environment to read (``os.environ`` by default).
+    :raises ConfigError: naming the first setting that is missing or malformed.
+    """
+    environ = os.environ if environ is None else environ
+    overrides = dict(overrides or {})
+    raw: dict[str, tuple[Any, str]] = {}  # name -> (value, where it came from)
+    warnings: list[str] = []
+
+    file_apps: list[Any] = []
+    config_path = overrides.pop("config", None) or environ.get(CONFIG_FILE_VARIABLE)
+    if config_path:
+        table = _read_toml(str(config_path))
+        file_apps = _apps_list(table.pop("apps", []), str(config_path))
+        for name, value in table.items():
+            if name not in SETTINGS:
+                raise ConfigError(
+                    CONFIG_FILE_VARIABLE, f"unknown setting {name!r} in {config_path}"
+                )
+            raw[name] = (value, str(config_path))
+
+    known = {variable(name) for name in SETTINGS} | {CONFIG_FILE_VARIABLE}
+    for key, value in environ.items():
+        if key.startswith(PREFIX):
+            if key in known:
+                raw[key[len(PREFIX) :].lower()] = (value, "")
+            else:
+                warnings.append(f"unknown setting {key} ignored")
+
+    override_apps = _apps_list(overrides.pop("apps", []), "overrides")
+    for name, value in overrides.items():
+        if name not in SETTINGS:
+            raise ConfigError(name, "unknown setting")
+        raw[name] = (value, "")
+
+    values: dict[str, Any] = {}
+    for name, (parse, default) in SETTINGS.items():
+        if name in raw and raw[name][0] is not None:
+            value, source = raw[name]
+            try:
+                values[name] = parse(value)
+            except ValueError as error:
+                raise ConfigError(variable(name), str(error), source or None) from None
+        else:
+            values[name] = default
+
+    apps = [_app(entry, source) for entry, source in file_apps + override_apps]
+    appid, secret = values.pop("wechat_appid"), values.pop("wechat_secret")
+    if appid is not None or secret is not None:
+        if appid is None:
+            raise ConfigError(variable("wechat_appid"), "must be set with ISSUER_WECHAT_SECRET")
+        if secret is None:
+            raise ConfigError(variable("wechat_secret"), "must be set with ISSUER_WECHAT_APPID")
+        apps.append(_app({"appid": appid, "secret": secret}, ""))
+    seen: set[str] = set()
+    for app in apps:
+        if app.appid in seen:
+            raise ConfigError("apps", f"appid {app.appid} is configured twice")
+        seen.add(app.appid)
+
+    development = values["env"] == "development"
+    api_base_given = "wechat_api_base" in raw
+    emulate = development and not api_base_given
+    if not apps:
+        if not development:
+            raise ConfigError(
+                variable("wechat_appid"),
+                "no WeChat app is configured; set ISSUER_WECHAT_APPID and ISSUER_WECHAT_SECRET, "
+                "or list [[apps]] in the ISSUER_CONFIG file",
+            )
+        if not emulate:
+            raise ConfigError(
+                variable("wechat_appid"),
+                "no WeChat app is configured, and ISSUER_WECHAT_API_BASE turns the emulator off",
+            )
+        # Known only to this process and its emulator; never valid anywhere else.
+        apps.append(WeChatApp(DEVELOPMENT_APPID, secrets.token_hex(16)))
+    if emulate:
+        values["wechat_api_base"] = values["url"].rstrip("/") + "/_wechat"
+
+    values["audience"] = values["audience"] or values["url"]
+    values["keys_dir"] = Path(values["keys_dir"])
+    return Settings(**values, apps=tuple(apps), emulate_wechat=emulate, warnings=tuple(warnings))
+
+
+def _read_toml(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as file:
+            return tomllib.load(file)
+    except OSError as error:
+        raise ConfigError(CONFIG_FILE_VARIABLE, f"cannot read {path}: {error.strerror}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(CONFIG_FILE_VARIABLE, f"{path} is not valid TOML: {error}") from None
+
+
+def _apps_list(entries: Any, source: str) -> list[tuple[Any, str]]:
+    if not isinstance(entries, list):
+        raise ConfigError("apps", "must be an array of tables ([[apps]])", source)
+    return [(entry, source) for entry in entries]
+
+
+def _app(entry: Any, source: str) -> WeChatApp:
+    where = source or None
+    if not isinstance(entry, Mapping):
+        raise ConfigError("apps", "each [[apps]] entry must be a table", where)
+    unknown = set(entry) - {"appid", "secret", "secret_env", "kind"}
+    if unknown:
+        raise ConfigError("apps", f"unknown key {sorted(unknown)[0]!r} in [[apps]]", where)
+    appid = str(entry.get("appid", "")).strip()
+    if not APPID_PATTERN.fullmatch(appid):
+        setting = "apps.appid" if source else variable("wechat_appid")
+        raise ConfigError(setting, f"must be 'wx' and 16 hex digits; got {appid!r}", where)
+    secret: Any = entry.get("secret")
+    if secret is None and "secret_env" in entry:
+        name = str(entry["secret_env"])
+        secret = os.environ.get(name)
+        if not secret:
+            raise ConfigError(name, f"is empty or unset, and apps.secret_env of {appid} names it")
+    if isinstance(secret, bool) or not isinstance(secret, str | int) or not str(secret).strip():
+        raise ConfigError(f"apps.secret of {appid}", "must be set (secret or secret_env)", where)
+    kind = str(entry.get("kind", "miniprogram"))
+    if kind not in APP_KINDS:
+        raise ConfigError(f"apps.kind of {appid}", f"must be one of {', '.join(APP_KINDS)}", where)
+    # A secret made only of digits may arrive as an int (TOML) -- it is still text.
+    return WeChatApp(appid=appid, secret=str(secret).strip(), kind=kind)

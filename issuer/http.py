@@ -1,0 +1,213 @@
+"""The HTTP edge shared by every view: reading bodies and Bearer tokens, rendering errors.
+
+Every error leaves as RFC 6749 §5.2 JSON with ``Cache-Control: no-store``: issuer's own
+errors, Werkzeug's (404, 405, 413, 429 ...) and unexpected exceptions alike. The last are
+logged with their traceback and the request id, and the client sees only the id.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask, Response, current_app, g, request
+from werkzeug.exceptions import HTTPException
+
+from .errors import (
+    InvalidRequest,
+    InvalidToken,
+    IssuerError,
+    MethodNotAllowed,
+    NotFound,
+    RequestTooLarge,
+    ServerError,
+    SlowDown,
+    TemporarilyUnavailable,
+)
+from .logs import request_id_from
+from .store import StoreUnavailable
+
+log = logging.getLogger("issuer.http")
+access_log = logging.getLogger("issuer.access")
+
+MAX_BODY_BYTES = 16 * 1024
+JSON = "application/json"
+FORM = "application/x-www-form-urlencoded"
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+
+def json_response(
+    body: Mapping[str, Any], status: int = 200, *, no_store: bool = False
+) -> Response:
+    response = current_app.response_class(
+        json.dumps(body, separators=(",", ":")), status=status, mimetype=JSON
+    )
+    if no_store:
+        response.headers.update(NO_STORE)
+    return response
+
+
+def render_error(error: IssuerError) -> Response:
+    response = json_response(error.body(), error.status_code, no_store=True)
+    response.headers.update(error.headers())
+    return response
+
+
+# -- request bodies
+
+
+class Params:
+    """The fields of a JSON object or form body, checked to be single strings."""
+
+    def __init__(self, fields: Mapping[str, Any]) -> None:
+        self._fields = fields
+
+    def text(self, name: str, *, required: bool = True) -> str | None:
+        """The string value of ``name``; None when optional and absent.
+
+        :raises InvalidRequest: missing when required, or not a string.
+        """
+        value = self._fields.get(name)
+        if value is None:
+            if required:
+                raise InvalidRequest(f"{name} is required.")
+            return None
+        if not isinstance(value, str):
+            raise InvalidRequest(f"{name} must be a string.")
+        return value
+
+
+def read_params(*, form: bool) -> Params:
+    """Parse the body as a JSON object, or (``form``) also a urlencoded form.
+
+    :raises InvalidRequest: no body, another content type, malformed, or a repeated field
+        (RFC 6749 §3.2: parameters must not be included more than once).
+    """
+    data = request.get_data(cache=True)
+    mimetype = request.mimetype
+    accepted = f"{JSON} or {FORM}" if form else JSON
+    if mimetype == JSON:
+        try:
+            fields = json.loads(data)
+        except (ValueError, RecursionError):
+            raise InvalidRequest("The body is not valid JSON.") from None
+        if not isinstance(fields, dict):
+            raise InvalidRequest("The body must be a JSON object.")
+        return Params(fields)
+    if form and mimetype == FORM:
+        values = request.form
+        for name in values:
+            if len(values.getlist(name)) > 1:
+                raise InvalidRequest(f"{name} must be sent once.")
+        return Params(values.to_dict())
+    if not data:
+        raise InvalidRequest(f"The request body is missing; send {accepted}.")
+    raise InvalidRequest(f"Content-Type must be {accepted}.")
+
+
+def bearer_token(*, required: bool = True) -> str | None:
+    """The Bearer token of the Authorization header (RFC 6750 §2.1).
+
+    :raises InvalidToken: absent (``missing``, when required) or malformed.
+    """
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        if required:
+            raise InvalidToken(
+                "An access token is required (Authorization: Bearer ...).", missing=True
+            )
+        return None
+    token = token.strip()
+    if not token or " " in token:
+        raise InvalidToken("The Authorization header is malformed.")
+    return token
+
+
+# -- hooks and handlers
+
+
+def _start_request() -> None:
+    g.request_id = request_id_from(request.headers.get("X-Request-ID"))
+    g.started = time.perf_counter()
+
+
+def _finish_request(response: Response) -> Response:
+    response.headers["X-Request-ID"] = g.get("request_id", "")
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    started = g.get("started")
+    duration_ms = round((time.perf_counter() - started) * 1000, 1) if started else None
+    # The path only: a query string could carry something a client should not have sent.
+    access_log.info(
+        "%s %s %d",
+        request.method,
+        request.path,
+        response.status_code,
+        extra={
+            "method": request.method,
+            "path": request.path,
+            "status": response.status_code,
+            "duration_ms": duration_ms,
+        },
+    )
+    return response
+
+
+def _http_exception(exception: HTTPException) -> Response:
+    code = exception.code or 500
+    error: IssuerError
+    if code == 404:
+        error = NotFound()
+    elif code == 405:
+        error = MethodNotAllowed()
+    elif code == 413:
+        error = RequestTooLarge()
+    elif code == 429:
+        error = SlowDown(
+            "Too many requests from this address; retry later.", retry_after=_limiter_retry_after()
+        )
+    elif 400 <= code < 500:
+        error = InvalidRequest()
+    else:
+        return _unexpected(exception)
+    response = render_error(error)
+    response.status_code = code
+    for name, value in exception.get_headers():
+        if name == "Allow":
+            response.headers["Allow"] = value
+    return response
+
+
+def _limiter_retry_after() -> int:
+    limiter = current_app.extensions.get("issuer.limiter")
+    current = getattr(limiter, "current_limit", None)
+    if current is None:
+        return 60
+    return max(1, int(current.reset_at - time.time()))
+
+
+def _store_unavailable(exception: StoreUnavailable) -> Response:
+    log.error("database unavailable: %s", exception)
+    response = render_error(TemporarilyUnavailable("The database is busy; retry shortly."))
+    response.headers["Retry-After"] = "1"
+    return response
+
+
+def _unexpected(exception: BaseException) -> Response:
+    request_id = g.get("request_id") or request_id_from(None)
+    log.error("unexpected error", exc_info=exception)
+    return render_error(ServerError(request_id))
+
+
+def install(app: Flask) -> None:
+    """Bind the hooks and error handlers of this module to ``app``."""
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.before_request(_start_request)
+    app.after_request(_finish_request)
+    app.register_error_handler(IssuerError, render_error)
+    app.register_error_handler(StoreUnavailable, _store_unavailable)
+    app.register_error_handler(HTTPException, _http_exception)
+    app.register_error_handler(Exception, _unexpected)

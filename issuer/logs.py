@@ -1,0 +1,85 @@
+"""Logging: JSON lines in production, readable text in development, request id on every line.
+
+Secrets never reach a log line because nothing logs them, not because a filter scrubs them:
+the WeChat client logs neither URLs nor bodies, and ``urllib3``'s debug lines (which print
+request URLs, and the jscode2session URL carries the app secret) are turned off here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import secrets
+import sys
+import time
+from typing import Any
+
+from flask import g, has_request_context
+
+REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
+HANDLER_NAME = "issuer"
+
+
+def request_id_from(header: str | None) -> str:
+    """The client's ``X-Request-ID`` when it is safe to echo, else a fresh one."""
+    if header and REQUEST_ID_PATTERN.fullmatch(header):
+        return header
+    return secrets.token_hex(8)
+
+
+def current_request_id() -> str | None:
+    if has_request_context():
+        request_id: str | None = g.get("request_id")
+        return request_id
+    return None
+
+
+class RequestIdFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = current_request_id()
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, request id, extras."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        request_id = getattr(record, "request_id", None)
+        if request_id:
+            entry["request_id"] = request_id
+        for name in ("method", "path", "status", "duration_ms"):
+            if hasattr(record, name):
+                entry[name] = getattr(record, name)
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+class TextFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(name)s [%(request_id)s] %(message)s")
+
+
+def configure_logging(*, json_lines: bool, level: int = logging.INFO) -> None:
+    """Send issuer's logs to stderr in the chosen format. Idempotent per process."""
+    root = logging.getLogger("issuer")
+    for handler in list(root.handlers):
+        if handler.get_name() == HANDLER_NAME:
+            root.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.set_name(HANDLER_NAME)
+    handler.addFilter(RequestIdFilter())
+    handler.setFormatter(JsonFormatter() if json_lines else TextFormatter())
+    root.addHandler(handler)
+    root.setLevel(level)
+    root.propagate = True
+    # urllib3 logs each request line -- with its query string -- at DEBUG.
+    logging.getLogger("urllib3").setLevel(logging.WARNING)

@@ -1,0 +1,62 @@
+"""Encryption at rest of the WeChat secrets issuer stores (``session_key``, session secrets).
+
+AES-256-GCM with a fresh 96-bit nonce per value. The associated data binds each ciphertext to
+the row it belongs to -- ``(purpose, appid, openid)`` for a ``session_key`` -- so a ciphertext
+copied onto another row does not decrypt. The id of the data key travels beside the
+ciphertext, so keys can be rotated while old rows stay readable.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+NONCE_BYTES = 12
+
+
+class UnsealError(Exception):
+    """A stored value cannot be decrypted: unknown key id, or tampered or misplaced data."""
+
+
+def associated_data(purpose: str, *parts: str) -> bytes:
+    """Length-prefixed, so ("ab", "c") and ("a", "bc") never collide."""
+    fields = (purpose, *parts)
+    return b"".join(len(item.encode()).to_bytes(2, "big") + item.encode() for item in fields)
+
+
+@dataclass(frozen=True)
+class Sealed:
+    """A ciphertext (nonce + ciphertext + tag) and the id of the key that made it."""
+
+    kid: str
+    blob: bytes = field(repr=False)
+
+
+class Sealer:
+    """Seals with the active data key; opens with any known one."""
+
+    def __init__(self, keys: Mapping[str, bytes], active_kid: str) -> None:
+        if active_kid not in keys:
+            raise ValueError("the active data key is not among the keys")
+        self._ciphers = {kid: AESGCM(key) for kid, key in keys.items()}
+        self.active_kid = active_kid
+
+    def seal(self, plaintext: bytes, aad: bytes) -> Sealed:
+        nonce = os.urandom(NONCE_BYTES)
+        blob = nonce + self._ciphers[self.active_kid].encrypt(nonce, plaintext, aad)
+        return Sealed(self.active_kid, blob)
+
+    def open(self, sealed: Sealed, aad: bytes) -> bytes:
+        """:raises UnsealError: unknown key id, or the ciphertext or its context changed."""
+        cipher = self._ciphers.get(sealed.kid)
+        if cipher is None:
+            raise UnsealError(f"unknown data key {sealed.kid}")
+        nonce, body = sealed.blob[:NONCE_BYTES], sealed.blob[NONCE_BYTES:]
+        try:
+            return cipher.decrypt(nonce, body, aad)
+        except InvalidTag as error:
+            raise UnsealError("ciphertext does not authenticate") from error

@@ -1,0 +1,324 @@
+"""The login service: log in with a WeChat code, refresh, log out, authenticate a Bearer token.
+
+It ties the pure parts (tokens, rotation rules, sealing) to the two that do I/O (the store
+and the WeChat client), all passed in by the app factory. No Flask here: views parse input,
+call one method, and shape the JSON.
+"""
+
+from __future__ import annotations
+
+import logging
+import string
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .config import Settings, WeChatApp
+from .errors import InvalidClient, InvalidGrant, InvalidRequest, InvalidToken
+from .keys import KeyRing
+from .rotation import ChainState, Verdict, judge
+from .sealing import Sealer, UnsealError, associated_data
+from .store import NewSession, Session, Store
+from .tokens import (
+    TokenPolicy,
+    access_claims,
+    mint_refresh_token,
+    new_jti,
+    new_session_id,
+    new_session_secret,
+    parse_refresh_token,
+    refresh_token_matches,
+    sign_access_token,
+    verify_access_token,
+)
+from .wechat import WeChatClient
+
+log = logging.getLogger("issuer.auth")
+
+MAX_CODE_LENGTH = 128
+CODE_CHARACTERS = frozenset(string.ascii_letters + string.digits + "-_.~+/=")
+
+
+@dataclass(frozen=True)
+class TokenPair:
+    """A token response (RFC 6749 §5.1) before it is shaped as JSON."""
+
+    access_token: str
+    expires_in: int
+    refresh_token: str
+    refresh_token_expires_in: int
+    user_id: str
+    is_new_user: bool
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "access_token": self.access_token,
+            "token_type": "Bearer",
+            "expires_in": self.expires_in,
+            "refresh_token": self.refresh_token,
+            "refresh_token_expires_in": self.refresh_token_expires_in,
+            "user_id": self.user_id,
+            "is_new_user": self.is_new_user,
+        }
+
+
+@dataclass(frozen=True)
+class Caller:
+    """An authenticated Bearer: the verified claims and the live session behind them."""
+
+    claims: dict[str, Any]
+    session: Session
+
+
+class AuthService:
+    """Login, refresh, logout and Bearer authentication over a store and a WeChat client."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        wechat: WeChatClient,
+        keys: Callable[[], KeyRing],
+        sealer: Sealer,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.wechat = wechat
+        self.keys = keys
+        self.sealer = sealer
+        self.clock = clock
+        self.policy = TokenPolicy(
+            issuer=settings.url,
+            audience=settings.audience,
+            access_token_ttl=settings.access_token_ttl,
+            leeway=settings.leeway,
+        )
+
+    # -- login
+
+    def resolve_app(self, appid: str | None) -> WeChatApp:
+        """The mini-program to log in to; ``appid`` may be left out when only one exists.
+
+        :raises InvalidClient: unknown appid, not a mini-program, or ambiguous.
+        """
+        miniprograms = [app for app in self.settings.apps if app.kind == "miniprogram"]
+        if appid is None:
+            if len(miniprograms) == 1:
+                return miniprograms[0]
+            raise InvalidClient("Several mini-programs are configured here; send appid.")
+        app = self.settings.app(appid)
+        if app is None:
+            raise InvalidClient("This appid is not configured here.")
+        if app.kind != "miniprogram":
+            raise InvalidClient("This appid is not a mini-program; wx.login codes need one.")
+        return app
+
+    def login(self, appid: str | None, code: str) -> TokenPair:
+        """Exchange a ``wx.login`` code for a token pair, creating the user if new.
+
+        Nothing is written unless WeChat accepted the code, and then the user, identity and
+        session are written in one transaction.
+        """
+        if not code:
+            raise InvalidRequest("code must not be empty.")
+        if len(code) > MAX_CODE_LENGTH or not set(code) <= CODE_CHARACTERS:
+            raise InvalidRequest("code is not a wx.login code.")
+        app = self.resolve_app(appid)
+        answer = self.wechat.code_to_session(app, code)
+        now = self.clock()
+        sid = new_session_id()
+        secret = new_session_secret()
+        outcome = self.store.record_login(
+            appid=app.appid,
+            openid=answer.openid,
+            unionid=answer.unionid,
+            session_key=self.sealer.seal(
+                answer.session_key.encode(),
+                associated_data("session_key", app.appid, answer.openid),
+            ),
+            session=NewSession(
+                id=sid,
+                secret=self.sealer.seal(secret, associated_data("refresh_secret", sid)),
+                expires_at=now + self.settings.refresh_token_ttl,
+            ),
+            now=now,
+        )
+        log.info(
+            "login app=%s user=%s sid=%s new=%s",
+            app.appid,
+            outcome.user.id,
+            sid,
+            outcome.is_new_user,
+        )
+        return self._pair(
+            user_id=outcome.user.id,
+            appid=app.appid,
+            openid=answer.openid,
+            unionid=outcome.user.unionid,
+            sid=sid,
+            secret=secret,
+            counter=0,
+            expires_at=now + self.settings.refresh_token_ttl,
+            now=now,
+            is_new_user=outcome.is_new_user,
+        )
+
+    # -- refresh (SPEC §3)
+
+    def refresh(self, refresh_token: str, client_id: str | None = None) -> TokenPair:
+        """Spend a refresh token for a new pair in the same session.
+
+        :raises InvalidGrant: the token is unknown, forged, expired, spent outside the
+            grace, revoked, or bound to another client; reuse also revokes the session.
+        """
+        session, secret, presented = self._session_of(refresh_token)
+        if client_id is not None and client_id != session.appid:
+            raise InvalidGrant("The refresh token was not issued to this client_id.")
+        for _ in range(2):
+            now = self.clock()
+            verdict = judge(
+                presented,
+                ChainState(
+                    session.counter,
+                    session.rotated_at,
+                    session.expires_at,
+                    session.revoked_at is not None,
+                ),
+                now=now,
+                grace=self.settings.refresh_reuse_grace,
+            )
+            if verdict is Verdict.ROTATE:
+                if self.store.advance_session(session.id, presented, now):
+                    return self._session_pair(session, secret, presented + 1, now)
+                # Another request spent it first: judge again against the chain as it is now.
+                reread = self.store.get_session(session.id)
+                if reread is None:
+                    break
+                session = reread
+                continue
+            if verdict is Verdict.REPLAY:
+                log.info("refresh replay within grace sid=%s", session.id)
+                return self._session_pair(session, secret, session.counter, now)
+            if verdict is Verdict.REUSE:
+                self.store.revoke_session(session.id, now)
+                log.warning(
+                    "refresh token reuse detected; session revoked sid=%s user=%s",
+                    session.id,
+                    session.user_id,
+                )
+                raise InvalidGrant("The refresh token was already used; log in again.")
+            break
+        raise InvalidGrant("The refresh token is expired or revoked; log in again.")
+
+    def _session_of(self, refresh_token: str) -> tuple[Session, bytes, int]:
+        parsed = parse_refresh_token(refresh_token)
+        session = self.store.get_session(parsed.sid) if parsed else None
+        if parsed is None or session is None:
+            raise InvalidGrant("The refresh token is not valid.")
+        try:
+            secret = self.sealer.open(session.secret, associated_data("refresh_secret", session.id))
+        except UnsealError:
+            log.error("session secret of sid=%s cannot be decrypted", session.id)
+            raise InvalidGrant("The refresh token is not valid.") from None
+        if not refresh_token_matches(parsed, secret):
+            raise InvalidGrant("The refresh token is not valid.")
+        return session, secret, parsed.counter
+
+    def _session_pair(self, session: Session, secret: bytes, counter: int, now: float) -> TokenPair:
+        return self._pair(
+            user_id=session.user_id,
+            appid=session.appid,
+            openid=session.openid,
+            unionid=session.unionid,
+            sid=session.id,
+            secret=secret,
+            counter=counter,
+            expires_at=session.expires_at,
+            now=now,
+            is_new_user=False,
+        )
+
+    def _pair(
+        self,
+        *,
+        user_id: str,
+        appid: str,
+        openid: str,
+        unionid: str | None,
+        sid: str,
+        secret: bytes,
+        counter: int,
+        expires_at: float,
+        now: float,
+        is_new_user: bool,
+    ) -> TokenPair:
+        claims = access_claims(
+            self.policy,
+            user_id=user_id,
+            appid=appid,
+            openid=openid,
+            unionid=unionid,
+            sid=sid,
+            now=now,
+            jti=new_jti(),
+        )
+        return TokenPair(
+            access_token=sign_access_token(claims, self.keys().active),
+            expires_in=self.settings.access_token_ttl,
+            refresh_token=mint_refresh_token(sid, secret, counter),
+            refresh_token_expires_in=max(0, int(expires_at - now)),
+            user_id=user_id,
+            is_new_user=is_new_user,
+        )
+
+    # -- logout (RFC 7009: unknown or ended sessions are not an error)
+
+    def logout_refresh_token(self, refresh_token: str) -> None:
+        """End the session of a refresh token, any token of its chain. Idempotent."""
+        try:
+            session, _, _ = self._session_of(refresh_token)
+        except InvalidGrant:
+            return
+        self.store.revoke_session(session.id, self.clock())
+        log.info("logout sid=%s", session.id)
+
+    def logout_caller(self, caller: Caller) -> None:
+        self.store.revoke_session(caller.session.id, self.clock())
+        log.info("logout sid=%s", caller.session.id)
+
+    # -- Bearer authentication
+
+    def authenticate(self, access_token: str, *, require_live_session: bool = True) -> Caller:
+        """Verify a Bearer access token and find its session.
+
+        :raises InvalidToken: the token does not verify, or (``require_live_session``) its
+            session was logged out, revoked or has ended.
+        """
+        claims = verify_access_token(access_token, self.keys(), self.policy)
+        session = self.store.get_session(claims["sid"])
+        if session is None or session.user_id != claims["sub"]:
+            raise InvalidToken("The session of this access token does not exist.")
+        ended = session.revoked_at is not None or self.clock() >= session.expires_at
+        if require_live_session and ended:
+            raise InvalidToken("The session of this access token has ended; log in again.")
+        return Caller(claims, session)
+
+    def profile(self, caller: Caller) -> dict[str, Any]:
+        """The caller's user as ``GET /me`` shows it; unknown values are None."""
+        user = self.store.get_user(caller.session.user_id)
+        if user is None:
+            raise InvalidToken("The user of this access token no longer exists.")
+        return {
+            "user_id": user.id,
+            "appid": caller.session.appid,
+            "openid": caller.session.openid,
+            "unionid": user.unionid,
+            "created_at": rfc3339(user.created_at),
+        }
+
+
+def rfc3339(timestamp: float) -> str:
+    """``2026-11-23T22:19:03Z``: UTC, whole seconds."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))

@@ -1,0 +1,275 @@
+"""SQLite backend of :class:`issuer.store.Store`: one file, WAL mode, one connection per thread.
+
+Durability: ``synchronous=FULL``, so a committed rotation survives a power cut as well as a
+``kill -9`` -- a client never holds a refresh token the database has forgotten. Writers take
+the lock up front (``BEGIN IMMEDIATE``) so concurrent logins and refreshes queue instead of
+failing half-way; a writer that cannot get it within the busy timeout raises
+:class:`StoreUnavailable`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+from ..sealing import Sealed
+from . import Identity, LoginOutcome, NewSession, Session, StoreUnavailable, User
+
+BUSY_TIMEOUT_SECONDS = 5.0
+
+# Each entry moves the schema one version up; `PRAGMA user_version` says where a file stands.
+# Never edit a released entry: append a new one.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE users (
+            id TEXT PRIMARY KEY,
+            unionid TEXT UNIQUE,
+            created_at REAL NOT NULL
+        )""",
+        """CREATE TABLE identities (
+            appid TEXT NOT NULL,
+            openid TEXT NOT NULL,
+            user_id TEXT NOT NULL REFERENCES users(id),
+            session_key BLOB NOT NULL,
+            session_key_kid TEXT NOT NULL,
+            session_key_updated_at REAL NOT NULL,
+            created_at REAL NOT NULL,
+            PRIMARY KEY (appid, openid)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX identities_user ON identities(user_id)",
+        """CREATE TABLE sessions (
+            id TEXT PRIMARY KEY,
+            user_id TEXT NOT NULL REFERENCES users(id),
+            appid TEXT NOT NULL,
+            openid TEXT NOT NULL,
+            secret BLOB NOT NULL,
+            secret_kid TEXT NOT NULL,
+            counter INTEGER NOT NULL DEFAULT 0,
+            rotated_at REAL,
+            created_at REAL NOT NULL,
+            expires_at REAL NOT NULL,
+            revoked_at REAL,
+            FOREIGN KEY (appid, openid) REFERENCES identities(appid, openid)
+        )""",
+        "CREATE INDEX sessions_user ON sessions(user_id)",
+        "CREATE INDEX sessions_expires ON sessions(expires_at)",
+    ),
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+SELECT_SESSION = """SELECT s.id, s.user_id, s.appid, s.openid, u.unionid, s.secret,
+    s.secret_kid, s.counter, s.rotated_at, s.created_at, s.expires_at, s.revoked_at
+    FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.id = ?"""
+
+
+def new_user_id() -> str:
+    return secrets.token_urlsafe(16)
+
+
+class SQLiteStore:
+    """A :class:`issuer.store.Store` on one SQLite file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._local = threading.local()
+
+    @classmethod
+    def from_url(cls, url: str) -> SQLiteStore:
+        """``sqlite:///relative/path`` (to the working directory) or ``sqlite:////abs/path``."""
+        return cls(Path(url.removeprefix("sqlite:///")))
+
+    # -- connections
+
+    def _connection(self) -> sqlite3.Connection:
+        # Keyed by pid too: a connection must never cross a fork (gunicorn --preload).
+        connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
+        if connection is not None and self._local.pid == os.getpid():
+            return connection
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA synchronous=FULL")
+        connection.execute("PRAGMA foreign_keys=ON")
+        self._local.connection, self._local.pid = connection, os.getpid()
+        return connection
+
+    @contextlib.contextmanager
+    def _guard(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.OperationalError as error:
+            # Locked past the busy timeout, read-only, disk full, file gone: all transient
+            # from the client's side. The driver's text stays out of the response.
+            self.close()
+            raise StoreUnavailable(f"SQLite: {error}") from error
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._guard():
+            connection = self._connection()
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                yield connection
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
+            connection.execute("COMMIT")
+
+    def _read(self, sql: str, *params: object) -> sqlite3.Row | None:
+        with self._guard():
+            connection = self._connection()
+            row: sqlite3.Row | None = connection.execute(sql, params).fetchone()
+            return row
+
+    def close(self) -> None:
+        connection = getattr(self._local, "connection", None)
+        if connection is not None:
+            self._local.connection = None
+            with contextlib.suppress(sqlite3.Error):
+                connection.close()
+
+    # -- schema
+
+    def migrate(self) -> int:
+        with self._transaction() as connection:
+            version = connection.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StoreUnavailable(
+                    f"database schema {version} is newer than this issuer ({SCHEMA_VERSION})"
+                )
+            for number in range(version, SCHEMA_VERSION):
+                for statement in MIGRATIONS[number]:
+                    connection.execute(statement)
+            connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        return SCHEMA_VERSION
+
+    def ping(self) -> None:
+        self._read("SELECT 1")
+
+    # -- logins and sessions
+
+    def record_login(
+        self,
+        *,
+        appid: str,
+        openid: str,
+        unionid: str | None,
+        session_key: Sealed,
+        session: NewSession,
+        now: float,
+    ) -> LoginOutcome:
+        with self._transaction() as db:
+            row = db.execute(
+                "SELECT user_id FROM identities WHERE appid = ? AND openid = ?", (appid, openid)
+            ).fetchone()
+            if row is not None:
+                user_id, is_new = row[0], False
+                db.execute(
+                    """UPDATE identities SET session_key = ?, session_key_kid = ?,
+                    session_key_updated_at = ? WHERE appid = ? AND openid = ?""",
+                    (session_key.blob, session_key.kid, now, appid, openid),
+                )
+                if unionid:
+                    # Adopt the unionid unless another user already holds it; joining two
+                    # existing users is a merge, which this method never does.
+                    db.execute(
+                        """UPDATE users SET unionid = ? WHERE id = ? AND unionid IS NULL
+                        AND NOT EXISTS (SELECT 1 FROM users WHERE unionid = ?)""",
+                        (unionid, user_id, unionid),
+                    )
+            else:
+                holder = None
+                if unionid:
+                    holder = db.execute(
+                        "SELECT id FROM users WHERE unionid = ?", (unionid,)
+                    ).fetchone()
+                if holder is not None:
+                    user_id, is_new = holder[0], False
+                else:
+                    user_id, is_new = new_user_id(), True
+                    db.execute(
+                        "INSERT INTO users (id, unionid, created_at) VALUES (?, ?, ?)",
+                        (user_id, unionid, now),
+                    )
+                db.execute(
+                    """INSERT INTO identities (appid, openid, user_id, session_key,
+                    session_key_kid, session_key_updated_at, created_at)
+                    VALUES (?, ?, ?, ?, ?, ?, ?)""",
+                    (appid, openid, user_id, session_key.blob, session_key.kid, now, now),
+                )
+            db.execute(
+                """INSERT INTO sessions (id, user_id, appid, openid, secret, secret_kid,
+                counter, rotated_at, created_at, expires_at)
+                VALUES (?, ?, ?, ?, ?, ?, 0, NULL, ?, ?)""",
+                (
+                    session.id,
+                    user_id,
+                    appid,
+                    openid,
+                    session.secret.blob,
+                    session.secret.kid,
+                    now,
+                    session.expires_at,
+                ),
+            )
+            user = db.execute(
+                "SELECT id, unionid, created_at FROM users WHERE id = ?", (user_id,)
+            ).fetchone()
+        return LoginOutcome(User(*user), is_new)
+
+    def get_session(self, sid: str) -> Session | None:
+        row = self._read(SELECT_SESSION, sid)
+        if row is None:
+            return None
+        (id_, user_id, appid, openid, unionid, secret, secret_kid, counter, rotated_at,
+         created_at, expires_at, revoked_at) = row  # fmt: skip
+        return Session(
+            id=id_,
+            user_id=user_id,
+            appid=appid,
+            openid=openid,
+            unionid=unionid,
+            secret=Sealed(secret_kid, bytes(secret)),
+            counter=counter,
+            rotated_at=rotated_at,
+            created_at=created_at,
+            expires_at=expires_at,
+            revoked_at=revoked_at,
+        )
+
+    def advance_session(self, sid: str, counter: int, now: float) -> bool:
+        with self._transaction() as db:
+            cursor = db.execute(
+                """UPDATE sessions SET counter = counter + 1, rotated_at = ?
+                WHERE id = ? AND counter = ? AND revoked_at IS NULL""",
+                (now, sid, counter),
+            )
+            return cursor.rowcount == 1
+
+    def revoke_session(self, sid: str, now: float) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE sessions SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+                (now, sid),
+            )
+
+    def get_user(self, user_id: str) -> User | None:
+        row = self._read("SELECT id, unionid, created_at FROM users WHERE id = ?", user_id)
+        return None if row is None else User(*row)
+
+    def get_identity(self, appid: str, openid: str) -> Identity | None:
+        row = self._read(
+            """SELECT appid, openid, user_id, session_key, session_key_kid, created_at,
+            session_key_updated_at FROM identities WHERE appid = ? AND openid = ?""",
+            appid,
+            openid,
+        )
+        if row is None:
+            return None
+        appid_, openid_, user_id, blob, kid, created_at, updated_at = row
+        return Identity(appid_, openid_, user_id, Sealed(kid, bytes(blob)), created_at, updated_at)

@@ -1,0 +1,212 @@
+"""Access tokens (RFC 9068 JWTs) and refresh tokens (opaque, HMAC-derived): make and check.
+
+Nothing here does I/O or reads the clock: keys, settings and ``now`` are passed in.
+
+Refresh token format, ``rt_`` + base64url of 52 bytes::
+
+    sid (16 bytes) | counter (4 bytes, big-endian) | HMAC-SHA256(session secret, ...) (32 bytes)
+
+The session stores its secret (encrypted at rest) and the counter of its current token. A
+token is therefore *derived*, not stored: the successor of counter ``n`` is always the same
+token ``n + 1``, so a retry inside the reuse grace gets the very successor the first request
+got and the chain never forks (SPEC §3). The 256-bit MAC is the token's secret entropy.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+
+from .errors import InvalidToken
+from .keys import KeyRing, SigningKey, b64url
+
+ACCESS_TOKEN_TYPE = "at+jwt"  # noqa: S105 -- a media type, not a secret
+# RFC 9068 §4: "at+jwt", or its full media type; media types compare case-insensitively.
+ACCEPTED_TYPES = frozenset({"at+jwt", "application/at+jwt"})
+REQUIRED_CLAIMS = ("iss", "sub", "aud", "exp", "iat", "jti", "client_id")
+# RFC 8725 §3.10 / §2.8: headers that would let a token choose its own verification key.
+FORBIDDEN_HEADERS = frozenset({"jwk", "jku", "x5u", "x5c"})
+MAX_TOKEN_LENGTH = 8192
+
+REFRESH_PREFIX = "rt_"
+SID_BYTES = 16
+COUNTER_BYTES = 4
+MAC_BYTES = 32
+REFRESH_BYTES = SID_BYTES + COUNTER_BYTES + MAC_BYTES
+SESSION_SECRET_BYTES = 32
+MAC_CONTEXT = b"issuer refresh token v1\x00"
+
+
+@dataclass(frozen=True)
+class TokenPolicy:
+    """What every access token says about its issuer, and how strictly it is checked."""
+
+    issuer: str
+    audience: str
+    access_token_ttl: int
+    leeway: int
+
+
+def new_jti() -> str:
+    return secrets.token_urlsafe(16)
+
+
+def access_claims(
+    policy: TokenPolicy,
+    *,
+    user_id: str,
+    appid: str,
+    openid: str,
+    unionid: str | None,
+    sid: str,
+    now: float,
+    jti: str,
+) -> dict[str, Any]:
+    """All claims of an access token (RFC 9068 §2.2), built in one place."""
+    issued_at = int(now)
+    claims: dict[str, Any] = {
+        "iss": policy.issuer,
+        "sub": user_id,
+        "aud": policy.audience,
+        "client_id": appid,
+        "iat": issued_at,
+        "exp": issued_at + policy.access_token_ttl,
+        "jti": jti,
+        "sid": sid,
+        "openid": openid,
+    }
+    if unionid:
+        claims["unionid"] = unionid
+    return claims
+
+
+def sign_access_token(claims: Mapping[str, Any], key: SigningKey) -> str:
+    """A compact JWS with ``typ: at+jwt`` and the key's ``kid``."""
+    return jwt.encode(
+        dict(claims),
+        key.private_key,
+        algorithm=key.alg,
+        headers={"kid": key.kid, "typ": ACCESS_TOKEN_TYPE},
+    )
+
+
+def verify_access_token(token: str, ring: KeyRing, policy: TokenPolicy) -> dict[str, Any]:
+    """Verify an access token as strictly as it was signed (RFC 8725, RFC 9068 §4).
+
+    The key is chosen by ``kid`` among the ring's own keys and the algorithm by that key;
+    nothing in the token picks how it is checked. ``exp``/``iat`` are checked against the
+    wall clock with the policy's leeway.
+
+    :returns: the claims.
+    :raises InvalidToken: for any reason at all; the description says which, without detail
+        an attacker could use.
+    """
+    if len(token) > MAX_TOKEN_LENGTH or token.count(".") != 2:
+        raise InvalidToken("The access token is malformed.")
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.PyJWTError:
+        raise InvalidToken("The access token is malformed.") from None
+    if FORBIDDEN_HEADERS & header.keys():
+        raise InvalidToken("The access token carries a key-selection header issuer does not trust.")
+    typ = header.get("typ")
+    if not isinstance(typ, str) or typ.lower() not in ACCEPTED_TYPES:
+        raise InvalidToken("The token is not an access token (typ must be at+jwt).")
+    kid = header.get("kid")
+    key = ring.verification_key(kid) if isinstance(kid, str) else None
+    if key is None:
+        raise InvalidToken("The access token was not signed by a key of this issuer.")
+    try:
+        claims: dict[str, Any] = jwt.decode(
+            token,
+            key.public_key,
+            algorithms=[key.alg],
+            audience=policy.audience,
+            issuer=policy.issuer,
+            leeway=policy.leeway,
+            options={"require": list(REQUIRED_CLAIMS), "strict_aud": True},
+        )
+    except jwt.ExpiredSignatureError:
+        raise InvalidToken("The access token has expired.") from None
+    except jwt.PyJWTError:
+        raise InvalidToken("The access token is invalid.") from None
+    for name in ("sub", "client_id", "jti", "sid", "openid"):
+        if not isinstance(claims.get(name), str) or not claims[name]:
+            raise InvalidToken("The access token is invalid.")
+    if "unionid" in claims and not isinstance(claims["unionid"], str):
+        raise InvalidToken("The access token is invalid.")
+    return claims
+
+
+# -- refresh tokens
+
+
+def new_session_id() -> str:
+    return b64url(secrets.token_bytes(SID_BYTES))
+
+
+def new_session_secret() -> bytes:
+    return secrets.token_bytes(SESSION_SECRET_BYTES)
+
+
+@dataclass(frozen=True)
+class RefreshToken:
+    """A parsed refresh token; its MAC is not yet checked against the session secret."""
+
+    sid: str
+    counter: int
+    mac: bytes
+
+
+def _mac(secret: bytes, sid_bytes: bytes, counter: int) -> bytes:
+    message = MAC_CONTEXT + sid_bytes + counter.to_bytes(COUNTER_BYTES, "big")
+    return hmac.new(secret, message, hashlib.sha256).digest()
+
+
+def mint_refresh_token(sid: str, secret: bytes, counter: int) -> str:
+    """The refresh token number ``counter`` of session ``sid``: always the same string."""
+    sid_bytes = _decode(sid)
+    body = sid_bytes + counter.to_bytes(COUNTER_BYTES, "big") + _mac(secret, sid_bytes, counter)
+    return REFRESH_PREFIX + b64url(body)
+
+
+def parse_refresh_token(token: str) -> RefreshToken | None:
+    """Split a refresh token into its parts, or None when it is not one of ours."""
+    if not token.startswith(REFRESH_PREFIX) or len(token) > 128:
+        return None
+    try:
+        body = _decode(token[len(REFRESH_PREFIX) :])
+    except ValueError:
+        return None
+    if len(body) != REFRESH_BYTES:
+        return None
+    sid = b64url(body[:SID_BYTES])
+    counter = int.from_bytes(body[SID_BYTES : SID_BYTES + COUNTER_BYTES], "big")
+    return RefreshToken(sid, counter, body[SID_BYTES + COUNTER_BYTES :])
+
+
+def refresh_token_matches(token: RefreshToken, secret: bytes) -> bool:
+    """Constant-time check of the token's MAC against its session's secret."""
+    expected = _mac(secret, _decode(token.sid), token.counter)
+    return hmac.compare_digest(expected, token.mac)
+
+
+def _decode(text: str) -> bytes:
+    """Strict base64url without padding: one spelling per value."""
+    if not text or "=" in text or not text.isascii():
+        raise ValueError("not base64url")
+    try:
+        data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError) as error:
+        raise ValueError("not base64url") from error
+    if b64url(data) != text:
+        raise ValueError("not canonical base64url")
+    return data

@@ -1,0 +1,148 @@
+"""HTTP endpoints of SPEC §2: parse the request, call the service, shape the JSON.
+
+Blueprints: ``auth`` (login, refresh, logout), ``api`` (``/me``), ``discovery`` (JWKS and
+metadata) and ``health``. The service, key ring getter and store come from
+``current_app.extensions["issuer"]``, put there by the factory.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, current_app, request
+
+from .errors import UnsupportedGrantType
+from .http import NO_STORE, json_response, read_params
+from .http import bearer_token as read_bearer_token
+from .service import AuthService
+from .store import StoreUnavailable
+
+auth = Blueprint("auth", __name__)
+api = Blueprint("api", __name__)
+discovery = Blueprint("discovery", __name__)
+health = Blueprint("health", __name__)
+
+
+def service() -> AuthService:
+    svc: AuthService = current_app.extensions["issuer"]
+    return svc
+
+
+# -- auth (token responses carry Cache-Control: no-store, RFC 6749 §5.1)
+
+
+@auth.post("/auth/login")
+def login() -> Response:
+    params = read_params(form=True)
+    code = params.text("code")
+    assert code is not None
+    pair = service().login(params.text("appid", required=False), code)
+    return json_response(pair.body(), no_store=True)
+
+
+@auth.post("/auth/refresh")
+def refresh() -> Response:
+    """Also the RFC 6749 §6 token endpoint: ``grant_type=refresh_token`` is accepted."""
+    params = read_params(form=True)
+    grant_type = params.text("grant_type", required=False)
+    if grant_type is not None and grant_type != "refresh_token":
+        raise UnsupportedGrantType()
+    refresh_token = params.text("refresh_token")
+    assert refresh_token is not None
+    pair = service().refresh(refresh_token, params.text("client_id", required=False))
+    return json_response(pair.body(), no_store=True)
+
+
+@auth.post("/auth/logout")
+def logout() -> Response:
+    """End a login session by refresh token or Bearer token; always 204 (RFC 7009 §2.2)."""
+    svc = service()
+    access_token = read_bearer_token(required=False)
+    refresh_token = None
+    if access_token is None or request.get_data(cache=True):
+        refresh_token = read_params(form=True).text("refresh_token", required=access_token is None)
+    if refresh_token is not None:
+        svc.logout_refresh_token(refresh_token)
+    if access_token is not None:
+        # The token must verify; its session may already have ended (logout is idempotent).
+        svc.logout_caller(svc.authenticate(access_token, require_live_session=False))
+    response = current_app.response_class(status=204)
+    response.headers.update(NO_STORE)
+    return response
+
+
+# -- api
+
+
+@api.get("/me")
+def me() -> Response:
+    svc = service()
+    token = read_bearer_token()
+    assert token is not None
+    return json_response(svc.profile(svc.authenticate(token)), no_store=True)
+
+
+# -- discovery (RFC 7517 JWKS, RFC 8414 metadata)
+
+
+@discovery.get("/.well-known/jwks.json")
+def jwks() -> Response:
+    ring = service().keys()
+    response = current_app.response_class(ring.jwks_json, mimetype="application/jwk-set+json")
+    response.set_etag(ring.jwks_etag)
+    response.headers["Cache-Control"] = f"public, max-age={service().settings.jwks_max_age}"
+    response.make_conditional(request)
+    return response
+
+
+@discovery.get("/.well-known/openid-configuration")
+@discovery.get("/.well-known/oauth-authorization-server")
+def metadata() -> Response:
+    svc = service()
+    base = svc.settings.url.rstrip("/")
+    body: dict[str, Any] = {
+        "issuer": svc.settings.url,
+        "jwks_uri": f"{base}/.well-known/jwks.json",
+        "token_endpoint": f"{base}/auth/refresh",
+        "revocation_endpoint": f"{base}/auth/logout",
+        "grant_types_supported": ["refresh_token"],
+        "response_types_supported": [],
+        "token_endpoint_auth_methods_supported": ["none"],
+        "revocation_endpoint_auth_methods_supported": ["none"],
+        "access_token_signing_alg_values_supported": list(svc.keys().algorithms),
+    }
+    response = json_response(body)
+    response.headers["Cache-Control"] = f"public, max-age={svc.settings.jwks_max_age}"
+    return response
+
+
+# -- health
+
+
+@health.get("/healthz")
+def healthz() -> Response:
+    return json_response({"status": "ok"})
+
+
+@health.get("/readyz")
+def readyz() -> Response:
+    svc = service()
+    checks = {"database": "ok", "signing_key": "ok"}
+    try:
+        svc.store.ping()
+    except StoreUnavailable:
+        checks["database"] = "unavailable"
+    try:
+        svc.keys().active  # noqa: B018 -- loading the active key is the check
+    except Exception:  # a broken key ring must read as "not ready", never as a 500
+        checks["signing_key"] = "unavailable"
+    if all(value == "ok" for value in checks.values()):
+        return json_response({"status": "ready", "checks": checks})
+    body = {
+        "error": "temporarily_unavailable",
+        "error_description": "issuer is not ready: "
+        + ", ".join(name for name, value in checks.items() if value != "ok")
+        + " unavailable.",
+        "checks": checks,
+    }
+    return json_response(body, 503, no_store=True)
