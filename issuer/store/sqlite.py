@@ -16,6 +16,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 from ..sealing import Sealed
 from . import Identity, LoginOutcome, NewSession, Session, StoreUnavailable, User
@@ -85,13 +86,22 @@ class SQLiteStore:
 
     # -- connections
 
-    def _connection(self) -> sqlite3.Connection:
+    def _connection(self, *, create: bool = False) -> sqlite3.Connection:
         # Keyed by pid too: a connection must never cross a fork (gunicorn --preload).
         connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
         if connection is not None and self._local.pid == os.getpid():
             return connection
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)
+        # Only migrate() may create the file: a database that vanished while serving must
+        # read as unavailable, not be silently replaced by an empty one.
+        if create:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        mode = "rwc" if create else "rw"
+        connection = sqlite3.connect(
+            f"file:{quote(str(self.path.absolute()))}?mode={mode}",
+            uri=True,
+            timeout=BUSY_TIMEOUT_SECONDS,
+            isolation_level=None,
+        )
         connection.execute("PRAGMA journal_mode=WAL")
         connection.execute("PRAGMA synchronous=FULL")
         connection.execute("PRAGMA foreign_keys=ON")
@@ -109,9 +119,9 @@ class SQLiteStore:
             raise StoreUnavailable(f"SQLite: {error}") from error
 
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
+    def _transaction(self, *, create: bool = False) -> Iterator[sqlite3.Connection]:
         with self._guard():
-            connection = self._connection()
+            connection = self._connection(create=create)
             connection.execute("BEGIN IMMEDIATE")
             try:
                 yield connection
@@ -136,7 +146,7 @@ class SQLiteStore:
     # -- schema
 
     def migrate(self) -> int:
-        with self._transaction() as connection:
+        with self._transaction(create=True) as connection:
             version = connection.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 raise StoreUnavailable(

@@ -1,0 +1,122 @@
+"""Development mode (the embedded WeChat emulator) and the ``issuer`` command."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import requests
+from click.testing import CliRunner
+from werkzeug.serving import make_server
+
+from issuer import ConfigError, create_app
+from issuer.cli import WALKTHROUGH, main
+from issuer.config import DEVELOPMENT_APPID
+from tests.conftest import free_port
+
+
+@pytest.fixture
+def dev_server(tmp_path, session_keys_dir):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    app = create_app(
+        {
+            "env": "development",
+            "url": url,
+            "database_url": f"sqlite:///{tmp_path / 'dev.db'}",
+            "keys_dir": str(session_keys_dir),
+        },
+        environ={},
+    )
+    server = make_server("127.0.0.1", port, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield url
+    server.shutdown()
+    server.server_close()
+
+
+def test_walkthrough_runs_end_to_end_against_the_embedded_emulator(dev_server):
+    minted = requests.post(
+        dev_server + "/_wechat/dev/wx.login", data={"user": "alice"}, timeout=5
+    ).json()
+    assert minted["appid"] == DEVELOPMENT_APPID
+    login = requests.post(dev_server + "/auth/login", data={"code": minted["code"]}, timeout=5)
+    assert login.status_code == 200, login.text
+    tokens = login.json()
+    me = requests.get(
+        dev_server + "/me", timeout=5, headers={"Authorization": f"Bearer {tokens['access_token']}"}
+    ).json()
+    assert me["openid"] == minted["openid"]
+    refreshed = requests.post(
+        dev_server + "/auth/refresh", timeout=5, data={"refresh_token": tokens["refresh_token"]}
+    )
+    assert refreshed.status_code == 200
+    assert requests.get(dev_server + "/.well-known/jwks.json", timeout=5).json()["keys"]
+
+
+def test_the_printed_walkthrough_names_only_real_endpoints(dev_server):
+    text = WALKTHROUGH.format(url=dev_server)
+    for path in (
+        "/_wechat/dev/wx.login",
+        "/auth/login",
+        "/me",
+        "/auth/refresh",
+        "/.well-known/jwks.json",
+    ):
+        assert dev_server + path in text
+
+
+def test_production_has_no_emulator(client):
+    assert client.post("/_wechat/dev/wx.login").status_code == 404
+    assert client.get("/_wechat/sns/jscode2session").status_code == 404
+
+
+def test_emulator_is_refused_in_production(tmp_path):
+    with pytest.raises(ConfigError, match="ISSUER_WECHAT_APPID"):
+        create_app(
+            {
+                "env": "production",
+                "database_url": f"sqlite:///{tmp_path / 'x.db'}",
+                "keys_dir": str(tmp_path / "keys"),
+            },
+            environ={},
+        )
+
+
+def test_issuer_dev_refuses_production(monkeypatch):
+    result = CliRunner().invoke(main, ["dev"], env={"ISSUER_ENV": "production"})
+    assert result.exit_code != 0
+    assert "ISSUER_ENV" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_cli_reports_a_bad_setting_in_one_line(tmp_path):
+    result = CliRunner().invoke(
+        main,
+        ["db", "upgrade"],
+        env={
+            "ISSUER_ENV": "development",
+            "ISSUER_LEEWAY": "99",
+            "ISSUER_KEYS_DIR": str(tmp_path / "keys"),
+        },
+    )
+    assert result.exit_code != 0
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1
+    assert "ISSUER_LEEWAY" in lines[0]
+
+
+def test_db_upgrade(tmp_path):
+    result = CliRunner().invoke(
+        main,
+        ["db", "upgrade"],
+        env={
+            "ISSUER_ENV": "development",
+            "ISSUER_DATABASE_URL": f"sqlite:///{tmp_path / 'up.db'}",
+            "ISSUER_KEYS_DIR": str(tmp_path / "keys"),
+        },
+    )
+    assert result.exit_code == 0, result.output
+    assert "version 1" in result.output
+    assert (tmp_path / "up.db").exists()

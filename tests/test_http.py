@@ -1,0 +1,127 @@
+"""The HTTP edge: error shape for every status, request ids, 500s, rate limits."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from tests.conftest import APPID
+
+
+def test_unknown_path_is_json_404(client):
+    response = client.get("/nope")
+    assert response.status_code == 404
+    assert response.get_json() == {
+        "error": "not_found",
+        "error_description": "There is no such endpoint.",
+    }
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("GET", "/auth/login"), ("POST", "/me"), ("DELETE", "/.well-known/jwks.json")],
+)
+def test_wrong_method_is_json_405_with_allow(client, method, path):
+    response = client.open(path, method=method)
+    assert response.status_code == 405
+    assert response.get_json()["error"] == "method_not_allowed"
+    assert response.headers["Allow"]
+
+
+def test_unexpected_exception_is_a_generic_500_with_the_request_id(app, caplog):
+    @app.get("/explode")
+    def explode():
+        raise RuntimeError("internal detail that must stay in the log")
+
+    response = app.test_client().get("/explode", headers={"X-Request-ID": "trace-123"})
+    assert response.status_code == 500
+    body = response.get_json()
+    assert body["error"] == "server_error"
+    assert body["request_id"] == "trace-123"
+    assert "trace-123" in body["error_description"]
+    assert "internal detail" not in response.get_data(as_text=True)
+    assert response.headers["X-Request-ID"] == "trace-123"
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert errors
+    assert errors[0].request_id == "trace-123"
+    assert "internal detail" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("sent", "echoed"),
+    [
+        ("abc-DEF_1.2", True),
+        ("x" * 64, True),
+        ("x" * 65, False),
+        ("has space", False),
+        ("<script>", False),
+        ("", False),
+    ],
+)
+def test_request_id_is_echoed_only_when_safe(client, sent, echoed):
+    response = client.get("/healthz", headers={"X-Request-ID": sent})
+    returned = response.headers["X-Request-ID"]
+    assert (returned == sent) is echoed
+    assert returned
+
+
+def test_every_log_line_of_a_request_carries_its_id(client, wechat, caplog):
+    caplog.set_level(logging.INFO, logger="issuer")
+    client.post(
+        "/auth/login",
+        json={"code": wechat.mint_code(APPID, "al")},
+        headers={"X-Request-ID": "login-1"},
+    )
+    lines = [r for r in caplog.records if r.name.startswith("issuer")]
+    assert len(lines) >= 2
+    assert {r.request_id for r in lines} == {"login-1"}
+
+
+def test_login_rate_limit_is_slow_down_with_retry_after(app_factory, wechat):
+    client = app_factory(ratelimit_login="2/minute").test_client()
+    statuses = [
+        client.post("/auth/login", json={"code": wechat.mint_code(APPID, "rl")}).status_code
+        for _ in range(3)
+    ]
+    assert statuses == [200, 200, 429]
+    response = client.post("/auth/login", json={"code": "whatever"})
+    assert response.status_code == 429
+    assert response.get_json()["error"] == "slow_down"
+    assert 1 <= int(response.headers["Retry-After"]) <= 60
+    assert response.headers["Cache-Control"] == "no-store"
+    # Other endpoints are not limited by the login limit.
+    assert client.get("/healthz").status_code == 200
+
+
+def test_refresh_rate_limit(app_factory):
+    client = app_factory(ratelimit_refresh="1/minute").test_client()
+    assert client.post("/auth/refresh", json={"refresh_token": "x"}).status_code == 400
+    response = client.post("/auth/refresh", json={"refresh_token": "x"})
+    assert response.status_code == 429
+    assert response.get_json()["error"] == "slow_down"
+
+
+def test_rate_limit_counts_per_client_address_behind_a_proxy(app_factory):
+    client = app_factory(ratelimit_refresh="1/minute", proxy_hops=1).test_client()
+
+    def status(address):
+        return client.post(
+            "/auth/refresh", json={"refresh_token": "x"}, headers={"X-Forwarded-For": address}
+        ).status_code
+
+    assert status("203.0.113.1") == 400
+    assert status("203.0.113.2") == 400
+    assert status("203.0.113.1") == 429
+
+
+def test_forwarded_for_is_ignored_without_trusted_proxies(app_factory):
+    client = app_factory(ratelimit_refresh="1/minute").test_client()
+
+    def status(address):
+        return client.post(
+            "/auth/refresh", json={"refresh_token": "x"}, headers={"X-Forwarded-For": address}
+        ).status_code
+
+    assert status("203.0.113.1") == 400
+    assert status("203.0.113.2") == 429
