@@ -21,7 +21,7 @@ import secrets
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from flask import Flask, Response, request
@@ -44,6 +44,8 @@ class Fault:
     status: int | None = None
     body: str | None = None
     delay: float = 0.0
+    # Seconds between the bytes of the normal answer: a peer that trickles.
+    trickle: float = 0.0
     path: str = "/sns/jscode2session"
 
 
@@ -134,12 +136,20 @@ class WeChatEmulator:
 
         @app.post("/dev/wx.login")
         def wx_login() -> Response:
-            fields = request.get_json(silent=True) or request.form or request.args
+            body = request.get_json(silent=True)
+            fields = body if isinstance(body, dict) else (request.form or request.args)
             appid = fields.get("appid") or (next(iter(self.apps)) if len(self.apps) == 1 else "")
+            user = fields.get("user") or None
+            union = fields.get("unionid", True)
+            if (
+                not isinstance(appid, str)
+                or not isinstance(user, str | None)
+                or isinstance(union, list | dict)
+            ):
+                return _json({"errcode": 40097, "errmsg": "invalid args"}, status=400)
             if appid not in self.apps:
                 return _json({"errcode": 40013, "errmsg": "invalid appid"}, status=400)
-            with_union = str(fields.get("unionid", "1")).lower() not in ("0", "false", "no")
-            user = fields.get("user") or None
+            with_union = str(union).lower() not in ("0", "false", "no")
             code = self.mint_code(appid, user, unionid=with_union)
             openid, _ = self.identity(appid, user) if user else (None, None)
             return _json(
@@ -164,7 +174,17 @@ class WeChatEmulator:
                 return Response(fault.body, mimetype="text/plain")
             if fault.errcode is not None:
                 return _json({"errcode": fault.errcode, "errmsg": f"injected {fault.errcode}"})
+            if fault.trickle:
+                return self._trickle(json.dumps(handler()).encode(), fault.trickle)
         return _json(handler())
+
+    def _trickle(self, body: bytes, pause: float) -> Response:
+        def drip() -> Iterator[bytes]:
+            for index in range(len(body)):
+                yield body[index : index + 1]
+                self.sleep(pause)
+
+        return Response(drip(), mimetype="text/plain", headers={"Content-Length": str(len(body))})
 
     def _code2session(self) -> dict[str, object]:
         args = request.args

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import requests
+from urllib3.exceptions import HTTPError, ReadTimeoutError
 
 from .config import WeChatApp
 from .errors import (
@@ -46,6 +47,12 @@ CREDENTIAL_ERRCODES = frozenset({40001, 40002, 40013, 40125, 40164, 41002, 41004
 BUSY_RETRY_DELAY = 0.2
 # WeChat's 45011 means the per-minute quota is spent.
 RATE_LIMIT_RETRY_AFTER = 60
+# WeChat's answers are a few hundred bytes; anything far larger is not one.
+MAX_ANSWER_BYTES = 64 * 1024
+
+
+class _Deadline(Exception):
+    """The whole answer took longer than the timeout."""
 
 
 @dataclass(frozen=True)
@@ -112,7 +119,7 @@ class WeChatClient:
         }
         redact = (app.secret, code)
         for attempt in (1, 2):
-            body = self._get("/sns/jscode2session", params, app.appid, redact)
+            body = self._get("/sns/jscode2session", params, app.appid)
             errcode = body.get("errcode", 0)
             if errcode == BUSY and attempt == 1:
                 log.warning("WeChat busy (-1) for app %s; retrying once", app.appid)
@@ -137,18 +144,25 @@ class WeChatClient:
             )
         raise AssertionError("unreachable")
 
-    def _get(
-        self, path: str, params: Mapping[str, str], appid: str, redact: tuple[str, ...]
-    ) -> dict[str, Any]:
+    def _get(self, path: str, params: Mapping[str, str], appid: str) -> dict[str, Any]:
         started = time.monotonic()
         try:
             response = self._http().get(
-                self.api_base + path, params=params, timeout=self.timeout, allow_redirects=False
+                self.api_base + path,
+                params=params,
+                timeout=self.timeout,
+                allow_redirects=False,
+                stream=True,
             )
-        except requests.Timeout:
+            with response:
+                content = self._read_body(response, deadline=started + self.timeout)
+        except (requests.Timeout, _Deadline):
             log.warning("WeChat %s timed out after %.1fs (app %s)", path, self.timeout, appid)
             raise UpstreamTimeout() from None
-        except requests.RequestException as error:
+        except ReadTimeoutError:
+            log.warning("WeChat %s timed out after %.1fs (app %s)", path, self.timeout, appid)
+            raise UpstreamTimeout() from None
+        except (requests.RequestException, HTTPError) as error:
             # The exception text can embed the URL, hence the secret: log only its type.
             log.warning("WeChat %s unreachable (app %s): %s", path, appid, type(error).__name__)
             raise TemporarilyUnavailable("WeChat could not be reached; retry shortly.") from None
@@ -163,8 +177,8 @@ class WeChatClient:
             )
             raise TemporarilyUnavailable("WeChat is failing; retry shortly.")
         try:
-            body = json.loads(response.content)
-        except (ValueError, UnicodeDecodeError):
+            body = json.loads(content) if content is not None else None
+        except (ValueError, UnicodeDecodeError, RecursionError):
             body = None
         if not isinstance(body, dict):
             log.warning("WeChat %s answered a body that is not a JSON object (app %s)", path, appid)
@@ -179,6 +193,26 @@ class WeChatClient:
             appid,
         )
         return body
+
+    @staticmethod
+    def _read_body(response: requests.Response, deadline: float) -> bytes | None:
+        """The body, or None when it is larger than any WeChat answer could be.
+
+        ``timeout`` in requests bounds each socket read, not the whole answer; the deadline
+        bounds the whole, so an upstream trickling bytes cannot hold a worker thread.
+
+        :raises _Deadline: the answer took longer than the timeout in all.
+        """
+        chunks: list[bytes] = []
+        size = 0
+        while chunk := response.raw.read1(8192, decode_content=True):  # what has arrived
+            size += len(chunk)
+            if size > MAX_ANSWER_BYTES:
+                return None
+            chunks.append(chunk)
+            if time.monotonic() > deadline:
+                raise _Deadline
+        return b"".join(chunks)
 
     def _error(
         self, errcode: int, body: Mapping[str, Any], appid: str, redact: tuple[str, ...]
