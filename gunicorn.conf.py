@@ -22,3 +22,7 @@ keepalive = 5
 accesslog = "-"
 errorlog = "-"
 access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(L)ss "%(a)s" rid=%({x-request-id}o)s'
+
+# gunicorn 24+ opens a control socket at one default path per user; several issuer masters on
+# one host would share it, and nothing here uses it.
+control_socket_disable = True

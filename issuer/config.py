@@ -242,6 +242,8 @@ SETTINGS: dict[str, tuple[Callable[[Any], Any], Any]] = {
 }
 # Read from the environment only: it names the file, so the file cannot set it.
 CONFIG_FILE_VARIABLE = PREFIX + "CONFIG"
+# Read by gunicorn.conf.py, not by the app.
+DEPLOYMENT_VARIABLES = frozenset({PREFIX + "BIND", PREFIX + "THREADS"})
 
 
 def variable(name: str) -> str:
@@ -276,9 +278,11 @@ def load_settings(
                 )
             raw[name] = (value, str(config_path))
 
-    known = {variable(name) for name in SETTINGS} | {CONFIG_FILE_VARIABLE}
+    known = {variable(name) for name in SETTINGS} | {CONFIG_FILE_VARIABLE} | DEPLOYMENT_VARIABLES
     for key, value in environ.items():
         if key.startswith(PREFIX):
+            if key in DEPLOYMENT_VARIABLES:
+                continue
             if key in known:
                 raw[key[len(PREFIX) :].lower()] = (value, "")
             else:
@@ -301,14 +305,14 @@ def load_settings(
         else:
             values[name] = default
 
-    apps = [_app(entry, source) for entry, source in file_apps + override_apps]
+    apps = [_app(entry, source, environ) for entry, source in file_apps + override_apps]
     appid, secret = values.pop("wechat_appid"), values.pop("wechat_secret")
     if appid is not None or secret is not None:
         if appid is None:
             raise ConfigError(variable("wechat_appid"), "must be set with ISSUER_WECHAT_SECRET")
         if secret is None:
             raise ConfigError(variable("wechat_secret"), "must be set with ISSUER_WECHAT_APPID")
-        apps.append(_app({"appid": appid, "secret": secret}, ""))
+        apps.append(_app({"appid": appid, "secret": secret}, "", environ))
     seen: set[str] = set()
     for app in apps:
         if app.appid in seen:
@@ -356,7 +360,7 @@ def _apps_list(entries: Any, source: str) -> list[tuple[Any, str]]:
     return [(entry, source) for entry in entries]
 
 
-def _app(entry: Any, source: str) -> WeChatApp:
+def _app(entry: Any, source: str, environ: Mapping[str, str]) -> WeChatApp:
     where = source or None
     if not isinstance(entry, Mapping):
         raise ConfigError("apps", "each [[apps]] entry must be a table", where)
@@ -370,7 +374,7 @@ def _app(entry: Any, source: str) -> WeChatApp:
     secret: Any = entry.get("secret")
     if secret is None and "secret_env" in entry:
         name = str(entry["secret_env"])
-        secret = os.environ.get(name)
+        secret = environ.get(name)
         if not secret:
             raise ConfigError(name, f"is empty or unset, and apps.secret_env of {appid} names it")
     if isinstance(secret, bool) or not isinstance(secret, str | int) or not str(secret).strip():

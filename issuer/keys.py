@@ -34,6 +34,7 @@ from .config import StartupError
 MANIFEST = "keyring.json"
 LOCK = ".lock"
 MANIFEST_VERSION = 1
+STATES = ("next", "active", "retired")
 RSA_KEY_BITS = 2048
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
@@ -184,9 +185,11 @@ class KeyDirectory:
         """
         now = time.time() if now is None else now
         self._ensure_directory()
-        manifest = self._read_manifest()
+        # Shared lock: a writer puts key files in place before the manifest that names them.
+        with self._locked(exclusive=False):
+            manifest = self._read_manifest()
         if self._needs_writing(manifest, alg, data_key):
-            with self._locked():
+            with self._locked(exclusive=True):
                 manifest = self._read_manifest()  # another process may have written it
                 if self._needs_writing(manifest, alg, data_key):
                     manifest = self._complete(manifest, alg, data_key, now)
@@ -223,6 +226,12 @@ class KeyDirectory:
             for entry in manifest["signing"]:
                 if not {"kid", "alg", "state", "created_at"} <= set(entry):
                     raise ValueError("incomplete signing entry")
+                if entry["state"] not in STATES:
+                    raise ValueError("unknown state")
+                if entry["state"] == "retired" and not isinstance(
+                    entry.get("retired_at"), int | float
+                ):
+                    raise ValueError("retired key without retired_at")
             if not isinstance(manifest["data"]["keys"], list):
                 raise ValueError("data keys must be a list")
         except (ValueError, KeyError, TypeError, AttributeError):
@@ -281,12 +290,11 @@ class KeyDirectory:
             retired_at = entry.get("retired_at")
             if entry["state"] == "retired" and retired_at + retired_lifetime < now:
                 continue  # every token it signed has expired
-            if entry["state"] not in ("next", "active", "retired"):
-                continue
             private_key = self._read_private_key(entry["kid"], entry["alg"])
             jwk = public_jwk(private_key.public_key())
             if thumbprint(jwk) != entry["kid"]:
-                raise KeyFileError(f"signing key {entry['kid']} does not match its kid")
+                file = self.path / f"signing-{entry['kid']}.pem"
+                raise KeyFileError(f"signing key {file} does not match its kid; restore it")
             keys.append(
                 SigningKey(
                     kid=entry["kid"],
@@ -309,13 +317,13 @@ class KeyDirectory:
     # -- writing (only under the lock)
 
     @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
+    def _locked(self, *, exclusive: bool) -> Iterator[None]:
         try:
             fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as error:
             raise KeyFileError(f"cannot lock {self.path / LOCK}: {error.strerror}") from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
             yield
         finally:
             os.close(fd)  # closing releases the lock

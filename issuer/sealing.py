@@ -58,5 +58,5 @@ class Sealer:
         nonce, body = sealed.blob[:NONCE_BYTES], sealed.blob[NONCE_BYTES:]
         try:
             return cipher.decrypt(nonce, body, aad)
-        except InvalidTag as error:
+        except (InvalidTag, ValueError) as error:  # ValueError: too short to hold a nonce
             raise UnsealError("ciphertext does not authenticate") from error
