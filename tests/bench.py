@@ -48,7 +48,6 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -112,16 +111,14 @@ def call(
     method: str,
     path: str,
     payload: dict[str, str] | None = None,
-    headers: dict[str, str] | None = None,
     connection: http.client.HTTPConnection | None = None,
 ) -> tuple[int, bytes]:
     """One request; on ``connection`` when given (kept open), else on a new one."""
     conn = connection or http.client.HTTPConnection(HOST, port, timeout=REQUEST_TIMEOUT)
     body = None if payload is None else json.dumps(payload).encode()
-    all_headers = {"Content-Type": "application/json"} if body is not None else {}
-    all_headers.update(headers or {})
+    headers = {"Content-Type": "application/json"} if body is not None else {}
     try:
-        conn.request(method, path, body=body, headers=all_headers)
+        conn.request(method, path, body=body, headers=headers)
         response = conn.getresponse()
         return response.status, response.read()
     finally:
@@ -496,7 +493,7 @@ class Bench:
         args: argparse.Namespace,
     ) -> None:
         self.emulator = emulator
-        self.ports = {"floor": floor.port, "issuer": issuer.port}
+        self.servers = {"floor": floor, "issuer": issuer}
         self.args = args
         self.chains: dict[str, list[str]] = {
             FLOOR_REFRESH.name: [FLOOR_REFRESH_TOKEN] * args.connections
@@ -506,7 +503,7 @@ class Bench:
 
     def log_in_sessions(self) -> None:
         """A refresh chain per connection and one access token for /me, before any clock."""
-        port = self.ports["issuer"]
+        port = self.servers["issuer"].port
         bodies = []
         for code in self.emulator.mint_codes(self.args.connections + 1):
             status, body = call(port, "POST", "/auth/login", {"code": code})
@@ -531,7 +528,7 @@ class Bench:
             codes = self.emulator.mint_codes(self.login_codes_needed())
         job = Job(
             scenario=scenario.name,
-            port=self.ports[scenario.server],
+            port=self.servers[scenario.server].port,
             method=scenario.method,
             path=scenario.path,
             feed=scenario.feed,
@@ -543,6 +540,7 @@ class Bench:
             chains=self.chains.get(scenario.name, []),
         )
         outcome = run_job(job)
+        self.servers[scenario.server].check_alive()  # errors from a dead server mean nothing
         if scenario.feed == "chain":
             self.chains[scenario.name] = outcome.chains
         self.results[scenario.name].append(outcome)
@@ -631,7 +629,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     started = time.monotonic()
     try:
-        with ExitStack() as stack:
+        with contextlib.ExitStack() as stack:
             work = Path(tempfile.mkdtemp(prefix="issuer-bench-"))
             if args.keep:
                 print(f"temporary directory: {work}")

@@ -21,12 +21,14 @@ def sealer_a() -> Sealer:
     return Sealer({"a": KEY_A}, "a")
 
 
-@pytest.mark.parametrize("plaintext", [b"", b"x", SESSION_KEY, os.urandom(1000)])
+@pytest.mark.parametrize(
+    "plaintext", [b"", b"x", SESSION_KEY, os.urandom(1000)], ids=["empty", "one", "key", "1k"]
+)
 def test_seal_then_open_gives_the_plaintext_back(plaintext: bytes) -> None:
     sealer = sealer_a()
     sealed = sealer.seal(plaintext, AAD)
     assert sealed.kid == "a"
-    if plaintext:
+    if len(plaintext) >= 16:  # shorter strings turn up in random bytes by chance
         assert plaintext not in sealed.blob
     assert sealer.open(sealed, AAD) == plaintext
 
