@@ -102,26 +102,17 @@ def test_refresh_rate_limit(app_factory):
     assert response.get_json()["error"] == "slow_down"
 
 
-def test_rate_limit_counts_per_client_address_behind_a_proxy(app_factory):
-    client = app_factory(ratelimit_refresh="1/minute", proxy_hops=1).test_client()
-
-    def status(address):
-        return client.post(
+@pytest.mark.parametrize(
+    ("proxy_hops", "expected"),
+    [(1, [400, 400, 429]), (0, [400, 429, 429])],
+    ids=["behind a trusted proxy", "X-Forwarded-For ignored without one"],
+)
+def test_rate_limit_counts_per_client_address(app_factory, proxy_hops, expected):
+    client = app_factory(ratelimit_refresh="1/minute", proxy_hops=proxy_hops).test_client()
+    statuses = [
+        client.post(
             "/auth/refresh", json={"refresh_token": "x"}, headers={"X-Forwarded-For": address}
         ).status_code
-
-    assert status("203.0.113.1") == 400
-    assert status("203.0.113.2") == 400
-    assert status("203.0.113.1") == 429
-
-
-def test_forwarded_for_is_ignored_without_trusted_proxies(app_factory):
-    client = app_factory(ratelimit_refresh="1/minute").test_client()
-
-    def status(address):
-        return client.post(
-            "/auth/refresh", json={"refresh_token": "x"}, headers={"X-Forwarded-For": address}
-        ).status_code
-
-    assert status("203.0.113.1") == 400
-    assert status("203.0.113.2") == 429
+        for address in ("203.0.113.1", "203.0.113.2", "203.0.113.1")
+    ]
+    assert statuses == expected
