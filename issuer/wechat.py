@@ -40,6 +40,9 @@ BUSY = -1
 INVALID_CODE = 40029
 CODE_USED = 40163
 HIGH_RISK_USER = 40226
+INVALID_SIGNATURE = 87009
+# The server access token is invalid (40001, 40014) or expired (42001).
+TOKEN_REJECTED = frozenset({40001, 40014, 42001})
 RATE_LIMITED = 45011
 # WeChat refuses the app itself: wrong appid or secret, secret missing, server IP not on the
 # app's allow-list, API not authorised for this app.
@@ -53,6 +56,31 @@ MAX_ANSWER_BYTES = 64 * 1024
 
 class _Deadline(Exception):
     """The whole answer took longer than the timeout."""
+
+
+class ServerTokenRejected(Exception):
+    """WeChat refused the server access token (40001, 40014, 42001): refresh it, retry once."""
+
+    def __init__(self, errcode: int) -> None:
+        super().__init__(f"server access token rejected (errcode {errcode})")
+        self.errcode = errcode
+
+
+class _SignatureRefused(Exception):
+    """checksession's 87009: the signature was not made with the current session_key."""
+
+
+@dataclass(frozen=True)
+class ServerAccessToken:
+    token: str = field(repr=False)
+    expires_in: int
+
+
+@dataclass(frozen=True)
+class PhoneNumber:
+    phone_number: str = field(repr=False)
+    pure_phone_number: str = field(repr=False)
+    country_code: str | None
 
 
 @dataclass(frozen=True)
@@ -103,9 +131,6 @@ class WeChatClient:
     def code_to_session(self, app: WeChatApp, code: str) -> CodeSession:
         """Exchange a ``wx.login`` code for the user's openid and session_key.
 
-        ``-1`` (busy) is retried once after a short pause; the code is not spent by a busy
-        answer, so the retry is safe.
-
         :raises IssuerError: ``invalid_grant`` (40029 bad/expired code, 40163 used code),
             ``access_denied`` (40226), ``slow_down`` (45011), ``upstream_misconfigured``
             (credentials), ``temporarily_unavailable`` (busy twice, 5xx, garbage),
@@ -117,53 +142,181 @@ class WeChatClient:
             "js_code": code,
             "grant_type": "authorization_code",
         }
-        redact = (app.secret, code)
+        body = self._call(
+            "GET",
+            "/sns/jscode2session",
+            app,
+            params=params,
+            redact=(app.secret, code),
+            refusals={
+                INVALID_CODE: lambda: InvalidGrant(
+                    "The code is invalid or expired; call wx.login for a new one."
+                ),
+                CODE_USED: lambda: InvalidGrant(
+                    "The code was already used; call wx.login for a new one."
+                ),
+            },
+        )
+        openid, session_key = body.get("openid"), body.get("session_key")
+        unionid = body.get("unionid") or None
+        if not (_text(openid) and _text(session_key) and (unionid is None or _text(unionid))):
+            log.error(
+                "WeChat answered jscode2session without openid/session_key (app %s)", app.appid
+            )
+            raise TemporarilyUnavailable("WeChat sent an unusable answer; retry shortly.")
+        return CodeSession(openid=str(openid), session_key=str(session_key), unionid=unionid)
+
+    def stable_token(self, app: WeChatApp, *, force_refresh: bool = False) -> ServerAccessToken:
+        """A server access token from ``cgi-bin/stable_token`` (normal mode unless forced).
+
+        Normal mode returns the current token while it is valid, so every caller that asks
+        gets the same one; ``force_refresh`` makes a new one (WeChat allows a few per day).
+        https://developers.weixin.qq.com/miniprogram/dev/OpenApiDoc/mp-access-token/getStableAccessToken.html
+        """
+        body = self._call(
+            "POST",
+            "/cgi-bin/stable_token",
+            app,
+            json_body={
+                "grant_type": "client_credential",
+                "appid": app.appid,
+                "secret": app.secret,
+                "force_refresh": force_refresh,
+            },
+            redact=(app.secret,),
+        )
+        token, expires_in = body.get("access_token"), body.get("expires_in")
+        if not _text(token) or not isinstance(expires_in, int) or expires_in <= 0:
+            log.error("WeChat answered stable_token without a token (app %s)", app.appid)
+            raise TemporarilyUnavailable("WeChat sent an unusable answer; retry shortly.")
+        return ServerAccessToken(str(token), expires_in)
+
+    def phone_number(self, app: WeChatApp, access_token: str, code: str) -> PhoneNumber:
+        """The phone number behind a phone-button ``code`` (``getuserphonenumber``).
+
+        :raises ServerTokenRejected: the access token is invalid or expired.
+        :raises InvalidGrant: 40029, the phone code is invalid, expired or used.
+        https://developers.weixin.qq.com/miniprogram/dev/OpenApiDoc/user-info/phone-number/getPhoneNumber.html
+        """
+        body = self._call(
+            "POST",
+            "/wxa/business/getuserphonenumber",
+            app,
+            params={"access_token": access_token},
+            json_body={"code": code},
+            redact=(access_token, code),
+            refusals={
+                INVALID_CODE: lambda: InvalidGrant(
+                    "The phone code is invalid, expired or used; ask the user to tap again."
+                ),
+            },
+        )
+        info = body.get("phone_info")
+        if not isinstance(info, dict) or not _text(info.get("phoneNumber")):
+            log.error("WeChat answered getuserphonenumber without phone_info (app %s)", app.appid)
+            raise TemporarilyUnavailable("WeChat sent an unusable answer; retry shortly.")
+        watermark = info.get("watermark")
+        if isinstance(watermark, dict) and watermark.get("appid") not in (None, app.appid):
+            log.error("WeChat phone_info watermark names another app (app %s)", app.appid)
+            raise TemporarilyUnavailable("WeChat sent an unusable answer; retry shortly.")
+        country = info.get("countryCode")
+        return PhoneNumber(
+            phone_number=str(info["phoneNumber"]),
+            pure_phone_number=str(info.get("purePhoneNumber") or info["phoneNumber"]),
+            country_code=None if country in (None, "") else str(country),
+        )
+
+    def check_session(self, app: WeChatApp, access_token: str, openid: str, signature: str) -> bool:
+        """Is ``signature`` made with the user's current session_key (``wxa/checksession``)?
+
+        :returns: True for errcode 0, False for 87009 (invalid signature).
+        :raises ServerTokenRejected: the access token is invalid or expired.
+        https://developers.weixin.qq.com/miniprogram/dev/OpenApiDoc/user-login/checkSessionKey.html
+        """
+        try:
+            self._call(
+                "GET",
+                "/wxa/checksession",
+                app,
+                params={
+                    "access_token": access_token,
+                    "signature": signature,
+                    "openid": openid,
+                    "sig_method": "hmac_sha256",
+                },
+                redact=(access_token, signature),
+                refusals={INVALID_SIGNATURE: _SignatureRefused},
+            )
+        except _SignatureRefused:
+            return False
+        return True
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        app: WeChatApp,
+        *,
+        params: Mapping[str, str] | None = None,
+        json_body: Mapping[str, Any] | None = None,
+        redact: tuple[str, ...] = (),
+        refusals: Mapping[int, Callable[[], Exception]] | None = None,
+    ) -> dict[str, Any]:
+        """One WeChat API call with its errcode checked.
+
+        ``-1`` (busy) is retried once after a short pause: a busy answer spends nothing.
+        ``refusals`` maps errcodes this API gives a meaning of its own to the error to raise;
+        the rest map as in :meth:`_error`.
+        """
         for attempt in (1, 2):
-            body = self._get("/sns/jscode2session", params, app.appid)
+            body = self._request(method, path, app.appid, params, json_body)
             errcode = body.get("errcode", 0)
             if errcode == BUSY and attempt == 1:
-                log.warning("WeChat busy (-1) for app %s; retrying once", app.appid)
+                log.warning("WeChat busy (-1) on %s for app %s; retrying once", path, app.appid)
                 self._sleep(BUSY_RETRY_DELAY)
                 continue
-            if errcode not in (0, None):
-                raise self._error(errcode, body, app.appid, redact)
-            openid, session_key = body.get("openid"), body.get("session_key")
-            unionid = body.get("unionid")
-            if (
-                not _text(openid)
-                or not _text(session_key)
-                or not (unionid is None or _text(unionid))
-            ):
-                log.error(
-                    "WeChat answered jscode2session for app %s without openid/session_key",
+            if errcode in (0, None):
+                return body
+            refusal = (refusals or {}).get(errcode)
+            if refusal is not None:
+                log.info("WeChat refused %s (errcode %d, app %s)", path, errcode, app.appid)
+                raise refusal()
+            if errcode in TOKEN_REJECTED and params and "access_token" in params:
+                log.info(
+                    "WeChat rejected the server access token (errcode %d, app %s)",
+                    errcode,
                     app.appid,
                 )
-                raise TemporarilyUnavailable("WeChat sent an unusable answer; retry shortly.")
-            return CodeSession(
-                openid=str(openid), session_key=str(session_key), unionid=unionid or None
-            )
+                raise ServerTokenRejected(errcode)
+            raise self._error(errcode, body, app.appid, redact)
         raise AssertionError("unreachable")
 
-    def _get(self, path: str, params: Mapping[str, str], appid: str) -> dict[str, Any]:
+    def _request(
+        self,
+        method: str,
+        path: str,
+        appid: str,
+        params: Mapping[str, str] | None,
+        json_body: Mapping[str, Any] | None,
+    ) -> dict[str, Any]:
         started = time.monotonic()
         try:
-            response = self._http().get(
+            response = self._http().request(
+                method,
                 self.api_base + path,
                 params=params,
+                json=json_body,
                 timeout=self.timeout,
                 allow_redirects=False,
                 stream=True,
             )
             with response:
                 content = self._read_body(response, deadline=started + self.timeout)
-        except (requests.Timeout, _Deadline):
-            log.warning("WeChat %s timed out after %.1fs (app %s)", path, self.timeout, appid)
-            raise UpstreamTimeout() from None
-        except ReadTimeoutError:
+        except (requests.Timeout, _Deadline, ReadTimeoutError):
             log.warning("WeChat %s timed out after %.1fs (app %s)", path, self.timeout, appid)
             raise UpstreamTimeout() from None
         except (requests.RequestException, HTTPError) as error:
-            # The exception text can embed the URL, hence the secret: log only its type.
+            # The exception text can embed the URL, hence secrets: log only its type.
             log.warning("WeChat %s unreachable (app %s): %s", path, appid, type(error).__name__)
             raise TemporarilyUnavailable("WeChat could not be reached; retry shortly.") from None
         elapsed = time.monotonic() - started
@@ -180,10 +333,10 @@ class WeChatClient:
             body = json.loads(content) if content is not None else None
         except (ValueError, UnicodeDecodeError, RecursionError):
             body = None
-        if not isinstance(body, dict):
-            log.warning("WeChat %s answered a body that is not a JSON object (app %s)", path, appid)
-            raise TemporarilyUnavailable("WeChat sent an unusable answer; retry shortly.")
-        if not isinstance(body.get("errcode", 0), int | None):
+        if not isinstance(body, dict) or not isinstance(body.get("errcode", 0), int | None):
+            log.warning(
+                "WeChat %s answered a body that is not a WeChat answer (app %s)", path, appid
+            )
             raise TemporarilyUnavailable("WeChat sent an unusable answer; retry shortly.")
         log.debug(
             "WeChat %s answered errcode %s in %.3fs (app %s)",
@@ -218,11 +371,6 @@ class WeChatClient:
         self, errcode: int, body: Mapping[str, Any], appid: str, redact: tuple[str, ...]
     ) -> IssuerError:
         errmsg = _redacted(str(body.get("errmsg", ""))[:200], redact)
-        if errcode in (INVALID_CODE, CODE_USED):
-            log.info("WeChat refused the login code (errcode %d, app %s)", errcode, appid)
-            if errcode == CODE_USED:
-                return InvalidGrant("The code was already used; call wx.login for a new one.")
-            return InvalidGrant("The code is invalid or expired; call wx.login for a new one.")
         if errcode == HIGH_RISK_USER:
             log.info("WeChat refused a high-risk user (errcode 40226, app %s)", appid)
             return AccessDenied("WeChat refused to log this user in (high-risk account).")

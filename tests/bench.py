@@ -25,6 +25,10 @@ against floor-refresh, the rest against floor-static. The ratio is the number to
 absolute req/s depend on the machine, on the load generator sharing its CPUs (its ``client
 CPU`` column is the share of one core it used), and drift 10-20 % between minutes.
 Performance is reported, never asserted.
+
+Options: ``--duration`` (timed seconds per run), ``--connections``, ``--rounds``, ``--warmup``,
+``--keep`` (keep the temporary directory with both servers' logs and the database). Both
+servers run ``WEB_CONCURRENCY=2``; ``ISSUER_THREADS``, when set, applies to both.
 """
 
 from __future__ import annotations
@@ -263,8 +267,8 @@ class GunicornServer:
             try:
                 if call(self.port, "GET", self.ready_path)[0] == 200:
                     return self
-            except OSError:
-                pass
+            except (OSError, http.client.HTTPException):
+                pass  # not listening yet
             time.sleep(0.05)
         raise TimeoutError(f"{self.name}: gunicorn not ready:\n{self.tail()}")
 
@@ -284,7 +288,11 @@ class GunicornServer:
     def worker_rss_mb(self) -> dict[int, float]:
         """VmRSS in MB of each worker (the master's children), by pid."""
         assert self.process is not None
-        return {pid: rss_mb(pid) for pid in children_of(self.process.pid)}
+        sizes = {}
+        for pid in children_of(self.process.pid):
+            with contextlib.suppress(OSError):  # a worker that just exited
+                sizes[pid] = rss_mb(pid)
+        return sizes
 
 
 def children_of(parent: int) -> list[int]:
@@ -573,7 +581,7 @@ def report(bench: Bench, issuer: GunicornServer, floor: GunicornServer) -> None:
             f"{f'{min(rates):.0f}-{max(rates):.0f}':>13} "
             f"{sum(outcome.errors for outcome in outcomes):>6} {ratio:>6} "
             f"{scenario.floor or '':<14} {max(outcome.body_bytes for outcome in outcomes):>5} "
-            f"{cpu:>9.0%}  {NOTES.get(scenario.name, '')}{short}"
+            f"{cpu:>9.0%}  {NOTES.get(scenario.name, '')}{short}".rstrip()
         )
     kinds: Counter[str] = Counter()
     for outcomes in bench.results.values():

@@ -27,6 +27,10 @@ class User:
     id: str
     unionid: str | None
     created_at: float
+    nickname: str | None = None
+    avatar_url: str | None = None
+    # Set on a user absorbed by a unionid merge: the id of the user that survived.
+    merged_into: str | None = None
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,8 @@ class Identity:
     session_key: Sealed = field(repr=False)
     created_at: float
     session_key_updated_at: float
+    phone: Sealed | None = field(default=None, repr=False)
+    country_code: str | None = None
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,17 @@ class NewSession:
     id: str
     secret: Sealed = field(repr=False)
     expires_at: float
+
+
+@dataclass(frozen=True)
+class ServerToken:
+    """The cached WeChat server access token of an app, and who is refreshing it."""
+
+    appid: str
+    token: Sealed | None = field(repr=False)
+    expires_at: float | None
+    fetched_at: float | None
+    lease_until: float | None
 
 
 @dataclass(frozen=True)
@@ -91,14 +108,23 @@ class Store(Protocol):
         session_key: Sealed,
         session: NewSession,
         now: float,
+        code_hash: str | None = None,
     ) -> LoginOutcome:
-        """Find or create the user of ``(appid, openid)``, store its new ``session_key``, and
-        open ``session`` for it -- all in one transaction.
+        """Find or create the user of ``(appid, openid)``, store its new ``session_key``, open
+        ``session`` for it, and remember ``code_hash`` as answered by it -- one transaction.
 
         A new identity whose ``unionid`` another user already holds joins that user
-        (``is_new_user`` false). A known user without a unionid gets this one unless another
-        user holds it.
+        (``is_new_user`` false); a known user gets the unionid as :meth:`link_unionid` does.
         """
+        ...
+
+    def find_login(self, code_hash: str, since: float) -> tuple[str, bool] | None:
+        """The (session id, is_new_user) a code with this hash was answered with after
+        ``since``, or None."""
+        ...
+
+    def prune_logins(self, before: float) -> None:
+        """Forget code hashes recorded at or before ``before``."""
         ...
 
     def get_session(self, sid: str) -> Session | None: ...
@@ -118,6 +144,44 @@ class Store(Protocol):
     def get_user(self, user_id: str) -> User | None: ...
 
     def get_identity(self, appid: str, openid: str) -> Identity | None: ...
+
+    def identities_of(self, user_id: str) -> list[Identity]:
+        """Every identity of a user, oldest first."""
+        ...
+
+    def link_unionid(self, appid: str, openid: str, unionid: str) -> str:
+        """Give the identity's user this unionid; if another user holds it, merge into that
+        user (identities and sessions move; the absorbed user keeps ``merged_into``).
+
+        :returns: the user id the identity belongs to afterwards.
+        :raises LookupError: no such identity.
+        """
+        ...
+
+    def update_profile(self, user_id: str, nickname: str | None, avatar_url: str | None) -> None:
+        """Set the profile fields that are not None."""
+        ...
+
+    def set_phone(
+        self, appid: str, openid: str, phone: Sealed, country_code: str | None, now: float
+    ) -> None: ...
+
+    def get_server_token(self, appid: str) -> ServerToken | None: ...
+
+    def take_server_token_lease(self, appid: str, owner: str, now: float, until: float) -> bool:
+        """Atomically become the one process refreshing ``appid``'s token until ``until``.
+
+        :returns: False while another owner's lease has not run out.
+        """
+        ...
+
+    def put_server_token(
+        self, appid: str, owner: str, token: Sealed, expires_at: float, now: float
+    ) -> None:
+        """Store a fresh token and end the lease."""
+        ...
+
+    def release_server_token_lease(self, appid: str, owner: str) -> None: ...
 
     def close(self) -> None:
         """Release this thread's connection."""

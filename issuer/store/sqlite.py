@@ -19,7 +19,15 @@ from pathlib import Path
 from urllib.parse import quote
 
 from ..sealing import Sealed
-from . import Identity, LoginOutcome, NewSession, Session, StoreUnavailable, User
+from . import (
+    Identity,
+    LoginOutcome,
+    NewSession,
+    ServerToken,
+    Session,
+    StoreUnavailable,
+    User,
+)
 
 BUSY_TIMEOUT_SECONDS = 5.0
 
@@ -59,6 +67,35 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE INDEX sessions_user ON sessions(user_id)",
         "CREATE INDEX sessions_expires ON sessions(expires_at)",
+    ),
+    (
+        # Profile (not secret) on the user; the phone number sealed on the identity, bound to
+        # (appid, openid) like the session_key, so it moves with the identity in a merge.
+        "ALTER TABLE users ADD COLUMN nickname TEXT",
+        "ALTER TABLE users ADD COLUMN avatar_url TEXT",
+        "ALTER TABLE users ADD COLUMN merged_into TEXT REFERENCES users(id)",
+        "ALTER TABLE identities ADD COLUMN phone BLOB",
+        "ALTER TABLE identities ADD COLUMN phone_kid TEXT",
+        "ALTER TABLE identities ADD COLUMN country_code TEXT",
+        "ALTER TABLE identities ADD COLUMN phone_updated_at REAL",
+        # Completed code exchanges, by a hash of the code, for the login retry window.
+        """CREATE TABLE login_codes (
+            code_hash TEXT PRIMARY KEY,
+            session_id TEXT NOT NULL REFERENCES sessions(id),
+            is_new_user INTEGER NOT NULL,
+            created_at REAL NOT NULL
+        )""",
+        "CREATE INDEX login_codes_created ON login_codes(created_at)",
+        # WeChat server access tokens, shared by every worker and host, with a refresh lease.
+        """CREATE TABLE server_tokens (
+            appid TEXT PRIMARY KEY,
+            token BLOB,
+            token_kid TEXT,
+            expires_at REAL,
+            fetched_at REAL,
+            lease_owner TEXT,
+            lease_until REAL
+        )""",
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -172,6 +209,7 @@ class SQLiteStore:
         session_key: Sealed,
         session: NewSession,
         now: float,
+        code_hash: str | None = None,
     ) -> LoginOutcome:
         with self._transaction() as db:
             row = db.execute(
@@ -185,13 +223,7 @@ class SQLiteStore:
                     (session_key.blob, session_key.kid, now, appid, openid),
                 )
                 if unionid:
-                    # Adopt the unionid unless another user already holds it; joining two
-                    # existing users is a merge, which this method never does.
-                    db.execute(
-                        """UPDATE users SET unionid = ? WHERE id = ? AND unionid IS NULL
-                        AND NOT EXISTS (SELECT 1 FROM users WHERE unionid = ?)""",
-                        (unionid, user_id, unionid),
-                    )
+                    user_id = _link_unionid(db, user_id, unionid)
             else:
                 holder = None
                 if unionid:
@@ -227,10 +259,27 @@ class SQLiteStore:
                     session.expires_at,
                 ),
             )
-            user = db.execute(
-                "SELECT id, unionid, created_at FROM users WHERE id = ?", (user_id,)
-            ).fetchone()
+            if code_hash is not None:
+                db.execute(
+                    """INSERT OR REPLACE INTO login_codes (code_hash, session_id, is_new_user,
+                    created_at) VALUES (?, ?, ?, ?)""",
+                    (code_hash, session.id, int(is_new), now),
+                )
+            user = db.execute(f"{SELECT_USER} WHERE id = ?", (user_id,)).fetchone()
         return LoginOutcome(User(*user), is_new)
+
+    def find_login(self, code_hash: str, since: float) -> tuple[str, bool] | None:
+        row = self._read(
+            """SELECT session_id, is_new_user FROM login_codes
+            WHERE code_hash = ? AND created_at > ?""",
+            code_hash,
+            since,
+        )
+        return None if row is None else (row[0], bool(row[1]))
+
+    def prune_logins(self, before: float) -> None:
+        with self._transaction() as db:
+            db.execute("DELETE FROM login_codes WHERE created_at <= ?", (before,))
 
     def get_session(self, sid: str) -> Session | None:
         row = self._read(SELECT_SESSION, sid)
@@ -269,17 +318,146 @@ class SQLiteStore:
             )
 
     def get_user(self, user_id: str) -> User | None:
-        row = self._read("SELECT id, unionid, created_at FROM users WHERE id = ?", user_id)
+        row = self._read(f"{SELECT_USER} WHERE id = ?", user_id)
         return None if row is None else User(*row)
 
     def get_identity(self, appid: str, openid: str) -> Identity | None:
+        row = self._read(f"{SELECT_IDENTITY} WHERE appid = ? AND openid = ?", appid, openid)
+        return None if row is None else _identity(row)
+
+    def identities_of(self, user_id: str) -> list[Identity]:
+        with self._guard():
+            rows = (
+                self._connection()
+                .execute(f"{SELECT_IDENTITY} WHERE user_id = ? ORDER BY created_at", (user_id,))
+                .fetchall()
+            )
+        return [_identity(row) for row in rows]
+
+    # -- what WeChat user data reveals
+
+    def link_unionid(self, appid: str, openid: str, unionid: str) -> str:
+        with self._transaction() as db:
+            row = db.execute(
+                "SELECT user_id FROM identities WHERE appid = ? AND openid = ?", (appid, openid)
+            ).fetchone()
+            if row is None:
+                raise LookupError(f"no identity ({appid}, {openid})")
+            return _link_unionid(db, row[0], unionid)
+
+    def update_profile(self, user_id: str, nickname: str | None, avatar_url: str | None) -> None:
+        with self._transaction() as db:
+            db.execute(
+                """UPDATE users SET nickname = COALESCE(?, nickname),
+                avatar_url = COALESCE(?, avatar_url) WHERE id = ?""",
+                (nickname, avatar_url, user_id),
+            )
+
+    def set_phone(
+        self, appid: str, openid: str, phone: Sealed, country_code: str | None, now: float
+    ) -> None:
+        with self._transaction() as db:
+            db.execute(
+                """UPDATE identities SET phone = ?, phone_kid = ?, country_code = ?,
+                phone_updated_at = ? WHERE appid = ? AND openid = ?""",
+                (phone.blob, phone.kid, country_code, now, appid, openid),
+            )
+
+    # -- WeChat server access tokens
+
+    def get_server_token(self, appid: str) -> ServerToken | None:
         row = self._read(
-            """SELECT appid, openid, user_id, session_key, session_key_kid, created_at,
-            session_key_updated_at FROM identities WHERE appid = ? AND openid = ?""",
+            """SELECT appid, token, token_kid, expires_at, fetched_at, lease_until
+            FROM server_tokens WHERE appid = ?""",
             appid,
-            openid,
         )
         if row is None:
             return None
-        appid_, openid_, user_id, blob, kid, created_at, updated_at = row
-        return Identity(appid_, openid_, user_id, Sealed(kid, bytes(blob)), created_at, updated_at)
+        appid_, blob, kid, expires_at, fetched_at, lease_until = row
+        sealed = Sealed(kid, bytes(blob)) if blob is not None else None
+        return ServerToken(appid_, sealed, expires_at, fetched_at, lease_until)
+
+    def take_server_token_lease(self, appid: str, owner: str, now: float, until: float) -> bool:
+        with self._transaction() as db:
+            db.execute("INSERT OR IGNORE INTO server_tokens (appid) VALUES (?)", (appid,))
+            cursor = db.execute(
+                """UPDATE server_tokens SET lease_owner = ?, lease_until = ?
+                WHERE appid = ? AND (lease_until IS NULL OR lease_until <= ?)""",
+                (owner, until, appid, now),
+            )
+            return cursor.rowcount == 1
+
+    def put_server_token(
+        self, appid: str, owner: str, token: Sealed, expires_at: float, now: float
+    ) -> None:
+        with self._transaction() as db:
+            db.execute(
+                """UPDATE server_tokens SET token = ?, token_kid = ?, expires_at = ?,
+                fetched_at = ?, lease_owner = NULL, lease_until = NULL WHERE appid = ?""",
+                (token.blob, token.kid, expires_at, now, appid),
+            )
+
+    def release_server_token_lease(self, appid: str, owner: str) -> None:
+        with self._transaction() as db:
+            db.execute(
+                """UPDATE server_tokens SET lease_owner = NULL, lease_until = NULL
+                WHERE appid = ? AND lease_owner = ?""",
+                (appid, owner),
+            )
+
+
+SELECT_USER = "SELECT id, unionid, created_at, nickname, avatar_url, merged_into FROM users"
+SELECT_IDENTITY = """SELECT appid, openid, user_id, session_key, session_key_kid, created_at,
+    session_key_updated_at, phone, phone_kid, country_code FROM identities"""
+
+
+def _identity(row: sqlite3.Row) -> Identity:
+    (appid, openid, user_id, blob, kid, created_at, updated_at,
+     phone, phone_kid, country_code) = row  # fmt: skip
+    return Identity(
+        appid=appid,
+        openid=openid,
+        user_id=user_id,
+        session_key=Sealed(kid, bytes(blob)),
+        created_at=created_at,
+        session_key_updated_at=updated_at,
+        phone=Sealed(phone_kid, bytes(phone)) if phone is not None else None,
+        country_code=country_code,
+    )
+
+
+def _link_unionid(db: sqlite3.Connection, user_id: str, unionid: str) -> str:
+    """Give ``user_id`` its unionid, merging it into the user who already holds it.
+
+    The holder of the unionid survives: it is the user other apps already know by that
+    unionid. The other user's identities and live sessions move to it (its refresh tokens keep
+    working and mint tokens with the surviving ``sub``); the absorbed row stays as a
+    tombstone with ``merged_into`` set. A user that already has a *different* unionid is left
+    alone: WeChat gives one person one unionid, so that is a conflict, not a merge.
+
+    :returns: the id of the user the identity belongs to afterwards.
+    """
+    current = db.execute("SELECT unionid FROM users WHERE id = ?", (user_id,)).fetchone()
+    if current is None or current[0] == unionid:
+        return user_id
+    if current[0] is not None:
+        return user_id
+    holder = db.execute("SELECT id FROM users WHERE unionid = ?", (unionid,)).fetchone()
+    if holder is None:
+        db.execute("UPDATE users SET unionid = ? WHERE id = ?", (unionid, user_id))
+        return user_id
+    survivor: str = holder[0]
+    db.execute("UPDATE identities SET user_id = ? WHERE user_id = ?", (survivor, user_id))
+    db.execute("UPDATE sessions SET user_id = ? WHERE user_id = ?", (survivor, user_id))
+    db.execute(
+        """UPDATE users SET
+        nickname = COALESCE(nickname, (SELECT nickname FROM users WHERE id = ?)),
+        avatar_url = COALESCE(avatar_url, (SELECT avatar_url FROM users WHERE id = ?))
+        WHERE id = ?""",
+        (user_id, user_id, survivor),
+    )
+    db.execute(
+        "UPDATE users SET merged_into = ? WHERE id = ? OR merged_into = ?",
+        (survivor, user_id, user_id),
+    )
+    return survivor
