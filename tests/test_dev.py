@@ -12,6 +12,7 @@ from werkzeug.serving import make_server
 from issuer import ConfigError, create_app
 from issuer.cli import WALKTHROUGH, main
 from issuer.config import DEVELOPMENT_APPID
+from issuer.store.sqlite import SCHEMA_VERSION
 from tests.conftest import free_port
 
 
@@ -118,5 +119,5 @@ def test_db_upgrade(tmp_path):
         },
     )
     assert result.exit_code == 0, result.output
-    assert "version 1" in result.output
+    assert f"version {SCHEMA_VERSION}" in result.output
     assert (tmp_path / "up.db").exists()
