@@ -20,8 +20,10 @@ from .config import ConfigError, Settings, StartupError, load_settings
 from .keys import KeyDirectory
 from .logs import configure_logging
 from .sealing import Sealer
+from .servertoken import ServerTokens
 from .service import AuthService
 from .store import StoreUnavailable, open_store
+from .userdata import UserData
 from .wechat import WeChatClient
 
 __all__ = ["ConfigError", "StartupError", "create_app"]
@@ -60,20 +62,30 @@ def create_app(
     finally:
         store.close()  # each worker thread opens its own connection when it needs one
 
+    wechat = WeChatClient(settings.wechat_api_base, settings.wechat_timeout)
+    sealer = Sealer(ring.data_keys, ring.active_data_kid)
     service = AuthService(
         settings=settings,
         store=store,
-        wechat=WeChatClient(settings.wechat_api_base, settings.wechat_timeout),
+        wechat=wechat,
         keys=lambda: ring,
-        sealer=Sealer(ring.data_keys, ring.active_data_kid),
+        sealer=sealer,
         clock=clock,
     )
     app.extensions["issuer"] = service
+    app.extensions["issuer.userdata"] = UserData(
+        settings=settings,
+        store=store,
+        wechat=wechat,
+        server_tokens=ServerTokens(store, wechat, sealer, clock=clock),
+        sealer=sealer,
+        clock=clock,
+    )
 
     from . import http, views
 
     http.install(app)
-    for blueprint in (views.auth, views.api, views.discovery, views.health):
+    for blueprint in (views.auth, views.api, views.wechat_data, views.discovery, views.health):
         app.register_blueprint(blueprint)
     _install_rate_limits(app, settings)
     if settings.proxy_hops:

@@ -7,6 +7,7 @@ call one method, and shape the JSON.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import string
 import time
@@ -126,7 +127,17 @@ class AuthService:
         if len(code) > MAX_CODE_LENGTH or not set(code) <= CODE_CHARACTERS:
             raise InvalidRequest("code is not a wx.login code.")
         app = self.resolve_app(appid)
-        answer = self.wechat.code_to_session(app, code)
+        window = self.settings.login_retry_window
+        code_hash = _code_hash(app.appid, code) if window > 0 else None
+        if code_hash is not None and (replay := self._replay_login(code_hash)) is not None:
+            return replay
+        try:
+            answer = self.wechat.code_to_session(app, code)
+        except InvalidGrant:
+            # 40163 may mean a concurrent request with this code has just completed.
+            if code_hash is not None and (replay := self._replay_login(code_hash)) is not None:
+                return replay
+            raise
         now = self.clock()
         sid = new_session_id()
         secret = new_session_secret()
@@ -144,6 +155,8 @@ class AuthService:
                 expires_at=now + self.settings.refresh_token_ttl,
             ),
             now=now,
+            code_hash=code_hash,
+            forget_codes_before=now - window,
         )
         log.info(
             "login app=%s user=%s sid=%s new=%s",
@@ -164,6 +177,24 @@ class AuthService:
             now=now,
             is_new_user=outcome.is_new_user,
         )
+
+    def _replay_login(self, code_hash: str) -> TokenPair | None:
+        """The answer to a code this issuer already exchanged within the retry window: a
+        fresh access token and the current refresh token of the same session."""
+        now = self.clock()
+        found = self.store.find_login(code_hash, since=now - self.settings.login_retry_window)
+        if found is None:
+            return None
+        sid, is_new_user = found
+        session = self.store.get_session(sid)
+        if session is None or session.revoked_at is not None or now >= session.expires_at:
+            return None
+        try:
+            secret = self.sealer.open(session.secret, associated_data("refresh_secret", sid))
+        except UnsealError:
+            return None
+        log.info("login retried within the window; same session sid=%s", sid)
+        return self._session_pair(session, secret, session.counter, now, is_new_user=is_new_user)
 
     # -- refresh (SPEC §3)
 
@@ -226,7 +257,15 @@ class AuthService:
             raise InvalidGrant("The refresh token is not valid.")
         return session, secret, parsed.counter
 
-    def _session_pair(self, session: Session, secret: bytes, counter: int, now: float) -> TokenPair:
+    def _session_pair(
+        self,
+        session: Session,
+        secret: bytes,
+        counter: int,
+        now: float,
+        *,
+        is_new_user: bool = False,
+    ) -> TokenPair:
         return self._pair(
             user_id=session.user_id,
             appid=session.appid,
@@ -237,7 +276,7 @@ class AuthService:
             counter=counter,
             expires_at=session.expires_at,
             now=now,
-            is_new_user=False,
+            is_new_user=is_new_user,
         )
 
     def _pair(
@@ -306,17 +345,53 @@ class AuthService:
         return Caller(claims, session)
 
     def profile(self, caller: Caller) -> dict[str, Any]:
-        """The caller's user as ``GET /me`` shows it; unknown values are None."""
+        """The caller's user as ``GET /me`` shows it; unknown values are None.
+
+        The phone number is the caller's identity's, else the newest any identity of the
+        user revealed.
+        """
         user = self.store.get_user(caller.session.user_id)
         if user is None:
             raise InvalidToken("The user of this access token no longer exists.")
+        phone_number, country_code = self._phone_of(caller)
         return {
             "user_id": user.id,
             "appid": caller.session.appid,
             "openid": caller.session.openid,
             "unionid": user.unionid,
             "created_at": rfc3339(user.created_at),
+            "nickname": user.nickname,
+            "avatar_url": user.avatar_url,
+            "phone_number": phone_number,
+            "country_code": country_code,
         }
+
+    def _phone_of(self, caller: Caller) -> tuple[str | None, str | None]:
+        identities = sorted(
+            (item for item in self.store.identities_of(caller.session.user_id) if item.phone),
+            key=lambda item: (
+                item.appid == caller.session.appid and item.openid == caller.session.openid,
+                item.phone_updated_at or 0.0,
+            ),
+            reverse=True,
+        )
+        for identity in identities:
+            assert identity.phone is not None
+            try:
+                phone = self.sealer.open(
+                    identity.phone,
+                    associated_data("phone_number", identity.appid, identity.openid),
+                )
+            except UnsealError:
+                log.error("phone of (%s, %s) cannot be decrypted", identity.appid, identity.openid)
+                continue
+            return phone.decode(), identity.country_code
+        return None, None
+
+
+def _code_hash(appid: str, code: str) -> str:
+    """What is stored of a login code: its SHA-256, never the code."""
+    return hashlib.sha256(f"{appid}\x00{code}".encode()).hexdigest()
 
 
 def rfc3339(timestamp: float) -> str:

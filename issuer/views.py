@@ -11,14 +11,16 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, request
 
-from .errors import UnsupportedGrantType
+from .errors import InvalidRequest, UnsupportedGrantType
 from .http import NO_STORE, json_response, read_params
 from .http import bearer_token as read_bearer_token
-from .service import AuthService
+from .service import AuthService, Caller
 from .store import StoreUnavailable
+from .userdata import UserData
 
 auth = Blueprint("auth", __name__)
 api = Blueprint("api", __name__)
+wechat_data = Blueprint("wechat_data", __name__)
 discovery = Blueprint("discovery", __name__)
 health = Blueprint("health", __name__)
 
@@ -26,6 +28,18 @@ health = Blueprint("health", __name__)
 def service() -> AuthService:
     svc: AuthService = current_app.extensions["issuer"]
     return svc
+
+
+def user_data() -> UserData:
+    data: UserData = current_app.extensions["issuer.userdata"]
+    return data
+
+
+def caller() -> Caller:
+    """The authenticated Bearer of this request, its session live."""
+    token = read_bearer_token()
+    assert token is not None
+    return service().authenticate(token)
 
 
 # -- auth (token responses carry Cache-Control: no-store, RFC 6749 §5.1)
@@ -76,10 +90,58 @@ def logout() -> Response:
 
 @api.get("/me")
 def me() -> Response:
-    svc = service()
-    token = read_bearer_token()
-    assert token is not None
-    return json_response(svc.profile(svc.authenticate(token)), no_store=True)
+    return json_response(service().profile(caller()), no_store=True)
+
+
+# -- WeChat user data
+
+
+@wechat_data.post("/wechat/decrypt")
+def decrypt() -> Response:
+    """``encrypted_data`` + ``iv`` (camelCase also taken), optionally ``raw_data`` +
+    ``signature``: decrypted with the caller's stored session_key."""
+    who = caller()
+    params = read_params(form=False)
+
+    def field(snake: str, camel: str, *, required: bool = True) -> str | None:
+        value = params.text(snake, required=False)
+        if value is None:
+            value = params.text(camel, required=False)
+        if value is None and required:
+            raise InvalidRequest(f"{snake} is required.")
+        return value
+
+    data = user_data().decrypt(
+        who,
+        encrypted_data=str(field("encrypted_data", "encryptedData")),
+        iv=str(field("iv", "iv")),
+        raw_data=field("raw_data", "rawData", required=False),
+        signature=field("signature", "signature", required=False),
+    )
+    return json_response({"data": data}, no_store=True)
+
+
+@wechat_data.post("/wechat/phone")
+def phone() -> Response:
+    """``{"code"}`` from the phone-number button (not a wx.login code)."""
+    who = caller()
+    code = read_params(form=False).text("code")
+    assert code is not None
+    number = user_data().phone(who, code)
+    return json_response(
+        {
+            "phone_number": number.phone_number,
+            "pure_phone_number": number.pure_phone_number,
+            "country_code": number.country_code,
+        },
+        no_store=True,
+    )
+
+
+@wechat_data.get("/wechat/session")
+def session_check() -> Response:
+    """``{"valid": bool}``: is the stored session_key still the user's current one?"""
+    return json_response({"valid": user_data().session_is_current(caller())}, no_store=True)
 
 
 # -- discovery (RFC 7517 JWKS, RFC 8414 metadata)

@@ -7,8 +7,10 @@ import json
 import sqlite3
 from pathlib import Path
 
+import jwt
 import pytest
 
+from issuer.emulator import Fault
 from tests.conftest import APPID, APPID2, SECRET, SECRET2
 
 TOKEN_FIELDS = {
@@ -196,9 +198,72 @@ def test_session_key_is_stored_encrypted(app, login, wechat):
     assert identity.session_key.kid == app.extensions["issuer"].sealer.active_kid
 
 
-def test_a_code_is_spent_by_the_first_login(client, wechat):
+def test_a_repeated_code_within_the_window_answers_as_the_first_login(client, wechat, clock):
     code = wechat.mint_code(APPID, "gina")
+    first = client.post("/auth/login", json={"code": code}).get_json()
+    clock.advance(9.9)
+    again = client.post("/auth/login", json={"code": code})
+    assert again.status_code == 200
+    retried = again.get_json()
+    assert retried["is_new_user"] is True  # as the first answer said
+    assert retried["user_id"] == first["user_id"]
+    assert retried["refresh_token"] == first["refresh_token"]  # the same session's current one
+    assert retried["access_token"] != first["access_token"]
+    assert wechat.calls == ["/sns/jscode2session"]  # WeChat was asked once
+    sids = {jwt.decode(body["access_token"], options={"verify_signature": False})["sid"]
+            for body in (first, retried)}  # fmt: skip
+    assert len(sids) == 1
+
+
+def test_a_repeated_code_after_the_window_is_invalid_grant(client, wechat, clock):
+    code = wechat.mint_code(APPID, "gina")
+    assert client.post("/auth/login", json={"code": code}).status_code == 200
+    clock.advance(10)
+    again = client.post("/auth/login", json={"code": code})
+    assert again.status_code == 400
+    assert again.get_json()["error"] == "invalid_grant"
+
+
+def test_a_retry_after_the_session_rotated_gets_its_current_refresh_token(client, wechat):
+    code = wechat.mint_code(APPID, "hugo")
+    first = client.post("/auth/login", json={"code": code}).get_json()
+    rotated = client.post("/auth/refresh", json={"refresh_token": first["refresh_token"]})
+    again = client.post("/auth/login", json={"code": code}).get_json()
+    assert again["refresh_token"] == rotated.get_json()["refresh_token"]
+    assert again["is_new_user"] is True
+
+
+def test_a_code_that_failed_is_not_remembered(client, wechat):
+    wechat.inject(Fault(errcode=40029))
+    code = wechat.mint_code(APPID, "ivy")
+    assert client.post("/auth/login", json={"code": code}).status_code == 400
+    # WeChat is asked again (the code itself was never spent) rather than answered locally.
+    assert client.post("/auth/login", json={"code": code}).status_code == 200
+    assert wechat.calls == ["/sns/jscode2session"] * 2
+
+
+def test_a_repeated_code_is_answered_locally_even_if_a_later_login_happened(client, wechat):
+    code = wechat.mint_code(APPID, "jon")
+    first = client.post("/auth/login", json={"code": code}).get_json()
+    client.post("/auth/login", json={"code": wechat.mint_code(APPID, "jon")})
+    again = client.post("/auth/login", json={"code": code}).get_json()
+    assert again["user_id"] == first["user_id"]
+    assert again["is_new_user"] is True
+
+
+def test_window_zero_turns_retries_off(app_factory, wechat):
+    client = app_factory(login_retry_window=0).test_client()
+    code = wechat.mint_code(APPID, "kim")
     assert client.post("/auth/login", json={"code": code}).status_code == 200
     again = client.post("/auth/login", json={"code": code})
     assert again.status_code == 400
     assert again.get_json()["error"] == "invalid_grant"
+
+
+def test_only_a_hash_of_the_code_is_stored(app, client, wechat):
+    code = wechat.mint_code(APPID, "lou")
+    client.post("/auth/login", json={"code": code})
+    database = Path(app.extensions["issuer"].settings.database_url.removeprefix("sqlite:///"))
+    stored = b"".join(p.read_bytes() for p in database.parent.glob(database.name + "*"))
+    assert code.encode() not in stored
+    assert rows(app, "login_codes") == 1

@@ -45,6 +45,7 @@ class Identity:
     session_key_updated_at: float
     phone: Sealed | None = field(default=None, repr=False)
     country_code: str | None = None
+    phone_updated_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -109,9 +110,11 @@ class Store(Protocol):
         session: NewSession,
         now: float,
         code_hash: str | None = None,
+        forget_codes_before: float | None = None,
     ) -> LoginOutcome:
         """Find or create the user of ``(appid, openid)``, store its new ``session_key``, open
-        ``session`` for it, and remember ``code_hash`` as answered by it -- one transaction.
+        ``session`` for it, and remember ``code_hash`` as answered by it (forgetting code
+        hashes recorded before ``forget_codes_before``) -- one transaction.
 
         A new identity whose ``unionid`` another user already holds joins that user
         (``is_new_user`` false); a known user gets the unionid as :meth:`link_unionid` does.

@@ -210,6 +210,7 @@ class SQLiteStore:
         session: NewSession,
         now: float,
         code_hash: str | None = None,
+        forget_codes_before: float | None = None,
     ) -> LoginOutcome:
         with self._transaction() as db:
             row = db.execute(
@@ -259,6 +260,8 @@ class SQLiteStore:
                     session.expires_at,
                 ),
             )
+            if forget_codes_before is not None:
+                db.execute("DELETE FROM login_codes WHERE created_at < ?", (forget_codes_before,))
             if code_hash is not None:
                 db.execute(
                     """INSERT OR REPLACE INTO login_codes (code_hash, session_id, is_new_user,
@@ -408,12 +411,12 @@ class SQLiteStore:
 
 SELECT_USER = "SELECT id, unionid, created_at, nickname, avatar_url, merged_into FROM users"
 SELECT_IDENTITY = """SELECT appid, openid, user_id, session_key, session_key_kid, created_at,
-    session_key_updated_at, phone, phone_kid, country_code FROM identities"""
+    session_key_updated_at, phone, phone_kid, country_code, phone_updated_at FROM identities"""
 
 
 def _identity(row: sqlite3.Row) -> Identity:
     (appid, openid, user_id, blob, kid, created_at, updated_at,
-     phone, phone_kid, country_code) = row  # fmt: skip
+     phone, phone_kid, country_code, phone_updated_at) = row  # fmt: skip
     return Identity(
         appid=appid,
         openid=openid,
@@ -423,6 +426,7 @@ def _identity(row: sqlite3.Row) -> Identity:
         session_key_updated_at=updated_at,
         phone=Sealed(phone_kid, bytes(phone)) if phone is not None else None,
         country_code=country_code,
+        phone_updated_at=phone_updated_at,
     )
 
 
