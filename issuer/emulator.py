@@ -1,11 +1,14 @@
 """A stand-in for WeChat's servers, for development mode and tests. Never for production.
 
-It plays both sides WeChat plays in a login: the phone (``POST /dev/wx.login`` mints a
-one-time code for a chosen or random test user, as ``wx.login()`` does) and the API
-(``GET /sns/jscode2session`` answers with WeChat's semantics: codes valid 5 minutes and once,
-the same errcodes, JSON labelled ``text/plain``). Test users are named; the same name always
-gets the same openid per app and the same unionid across apps, as apps bound to one WeChat
-Open Platform account do.
+It plays both sides WeChat plays: the phone, under ``/dev/`` (``wx.login`` mints a one-time
+code for a chosen or random test user; ``phone-code`` what the phone-number button gives;
+``user-data`` the ``encryptedData`` that ``wx.getUserProfile`` returns, encrypted with the
+user's current ``session_key`` and watermarked for the app) and the server API
+(``sns/jscode2session``, ``cgi-bin/stable_token``, ``wxa/business/getuserphonenumber``,
+``wxa/checksession``) with WeChat's semantics: codes valid 5 minutes and once, server tokens
+valid 2 hours and the same one returned until then, the same errcodes, JSON labelled
+``text/plain``. Test users are named; the same name always gets the same openid per app and
+the same unionid across apps, as apps bound to one WeChat Open Platform account do.
 
 Tests inject faults (:meth:`WeChatEmulator.inject`): an errcode, an HTTP status, a body that
 is not JSON, or a delay. State lives in this process, so development mode runs as one process.
@@ -24,9 +27,13 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
+from cryptography.hazmat.primitives import padding
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from flask import Flask, Response, request
 
 CODE_LIFETIME = 300.0
+SERVER_TOKEN_LIFETIME = 7200
+MAX_CALLS_KEPT = 10_000
 # Openids only need to be stable and look like WeChat's; they are not secrets.
 IDENTITY_SEED = b"issuer development emulator"
 
@@ -81,6 +88,10 @@ class WeChatEmulator:
         self.calls: list[str] = []  # API paths called, in order (for tests)
         self._codes: dict[str, _Code] = {}
         self._session_keys: dict[tuple[str, str], str] = {}
+        self._phone_codes: dict[str, _Code] = {}
+        self._server_tokens: dict[str, tuple[str, float]] = {}  # token -> (appid, expires_at)
+        self._current_token: dict[str, str] = {}  # appid -> its current token
+        self.token_fetches: dict[str, int] = {}  # appid -> stable_token calls that succeeded
         self._faults: deque[Fault] = deque()
         self._lock = threading.Lock()
         self.app = self._build()
@@ -110,6 +121,7 @@ class WeChatEmulator:
         code = secrets.token_hex(16)
         session_key = base64.b64encode(secrets.token_bytes(16)).decode()
         with self._lock:
+            self._forget_expired()
             self._codes[code] = _Code(
                 appid,
                 openid,
@@ -125,6 +137,83 @@ class WeChatEmulator:
         with self._lock:
             return self._session_keys.get((appid, openid))
 
+    @staticmethod
+    def phone_of(user: str) -> str:
+        """The mainland test number of test user ``user``."""
+        digits = int.from_bytes(hashlib.sha256(user.encode()).digest()[:8], "big") % 10**8
+        return f"138{digits:08d}"
+
+    def mint_phone_code(self, appid: str, user: str) -> str:
+        """What the phone-number button gives the mini-program: a one-time code."""
+        openid, _ = self.identity(appid, user)
+        code = secrets.token_hex(16)
+        with self._lock:
+            self._phone_codes[code] = _Code(
+                appid, openid, None, self.phone_of(user), self.clock() + CODE_LIFETIME
+            )
+        return code
+
+    def user_data(self, appid: str, user: str, *, phone: bool = False) -> dict[str, str]:
+        """``encryptedData``, ``iv``, ``rawData`` and ``signature`` as the phone gets them,
+        made with the user's current ``session_key`` (the user must have a code minted).
+
+        :raises KeyError: the user has no session_key yet.
+        """
+        openid, unionid = self.identity(appid, user)
+        session_key = self.session_key(appid, openid)
+        if session_key is None:
+            raise KeyError(f"test user {user!r} has not called wx.login in {appid}")
+        watermark: dict[str, object] = {"timestamp": int(self.clock()), "appid": appid}
+        plain: dict[str, object]
+        profile: dict[str, object] = {
+            "nickName": user,
+            "gender": 0,
+            "language": "zh_CN",
+            "city": "",
+            "province": "",
+            "country": "",
+            "avatarUrl": f"https://example.invalid/{user}",
+        }
+        if phone:
+            number = self.phone_of(user)
+            plain = {
+                "phoneNumber": number,
+                "purePhoneNumber": number,
+                "countryCode": "86",
+                "watermark": watermark,
+            }
+        else:
+            plain = {"openId": openid, **profile, "unionId": unionid, "watermark": watermark}
+        iv = secrets.token_bytes(16)
+        padder = padding.PKCS7(128).padder()
+        padded = padder.update(json.dumps(plain).encode()) + padder.finalize()
+        key = base64.b64decode(session_key)
+        encryptor = Cipher(algorithms.AES(key), modes.CBC(iv)).encryptor()
+        raw_data = json.dumps(profile, ensure_ascii=False)
+        return {
+            "encryptedData": base64.b64encode(
+                encryptor.update(padded) + encryptor.finalize()
+            ).decode(),
+            "iv": base64.b64encode(iv).decode(),
+            "rawData": raw_data,
+            "signature": hashlib.sha1((raw_data + session_key).encode()).hexdigest(),  # noqa: S324
+        }
+
+    def revoke_server_token(self, appid: str) -> None:
+        """Invalidate an app's server token, as a force refresh elsewhere would."""
+        with self._lock:
+            token = self._current_token.pop(appid, None)
+            if token is not None:
+                self._server_tokens.pop(token, None)
+
+    def _forget_expired(self) -> None:
+        now = self.clock()
+        for codes in (self._codes, self._phone_codes):
+            for code in [code for code, entry in codes.items() if entry.expires_at <= now]:
+                del codes[code]
+        if len(self.calls) > MAX_CALLS_KEPT:
+            del self.calls[: MAX_CALLS_KEPT // 2]
+
     # -- the WSGI app
 
     def _build(self) -> Flask:
@@ -133,6 +222,47 @@ class WeChatEmulator:
         @app.get("/sns/jscode2session")
         def jscode2session() -> Response:
             return self._answer("/sns/jscode2session", self._code2session)
+
+        @app.post("/cgi-bin/stable_token")
+        def stable_token() -> Response:
+            return self._answer("/cgi-bin/stable_token", self._stable_token)
+
+        @app.post("/wxa/business/getuserphonenumber")
+        def getuserphonenumber() -> Response:
+            return self._answer("/wxa/business/getuserphonenumber", self._phone_number)
+
+        @app.get("/wxa/checksession")
+        def checksession() -> Response:
+            return self._answer("/wxa/checksession", self._check_session)
+
+        @app.post("/dev/phone-code")
+        def phone_code() -> Response:
+            fields = self._dev_fields()
+            if isinstance(fields, Response):
+                return fields
+            appid, user = fields
+            if user is None:
+                return _json({"errcode": 40097, "errmsg": "user missing"}, status=400)
+            return _json(
+                {"code": self.mint_phone_code(appid, user), "expires_in": int(CODE_LIFETIME)}
+            )
+
+        @app.post("/dev/user-data")
+        def user_data() -> Response:
+            fields = self._dev_fields()
+            if isinstance(fields, Response):
+                return fields
+            appid, user = fields
+            body = request.get_json(silent=True)
+            flag = (body if isinstance(body, dict) else request.values).get("phone", "")
+            try:
+                return _json(
+                    self.user_data(
+                        appid, user or "", phone=str(flag).lower() in ("1", "true", "yes")
+                    )
+                )
+            except KeyError:
+                return _json({"errcode": 40097, "errmsg": "call wx.login first"}, status=400)
 
         @app.post("/dev/wx.login")
         def wx_login() -> Response:
@@ -157,6 +287,17 @@ class WeChatEmulator:
             )
 
         return app
+
+    def _dev_fields(self) -> tuple[str, str | None] | Response:
+        body = request.get_json(silent=True)
+        fields = body if isinstance(body, dict) else request.values
+        appid = fields.get("appid") or (next(iter(self.apps)) if len(self.apps) == 1 else "")
+        user = fields.get("user") or None
+        if not isinstance(appid, str) or not isinstance(user, str | None):
+            return _json({"errcode": 40097, "errmsg": "invalid args"}, status=400)
+        if appid not in self.apps:
+            return _json({"errcode": 40013, "errmsg": "invalid appid"}, status=400)
+        return appid, user
 
     def _answer(self, path: str, handler: Callable[[], dict[str, object]]) -> Response:
         with self._lock:
@@ -213,6 +354,84 @@ class WeChatEmulator:
         if entry.unionid:
             answer["unionid"] = entry.unionid
         return answer
+
+    def _stable_token(self) -> dict[str, object]:
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict):
+            return {"errcode": 47001, "errmsg": "data format error"}
+        appid, secret = body.get("appid"), body.get("secret")
+        if body.get("grant_type") != "client_credential":
+            return {"errcode": 40002, "errmsg": "invalid grant_type"}
+        if not isinstance(appid, str) or appid not in self.apps:
+            return {"errcode": 40013, "errmsg": "invalid appid"}
+        if not isinstance(secret, str) or not hmac.compare_digest(secret, self.apps[appid]):
+            return {"errcode": 40125, "errmsg": "invalid appsecret"}
+        now = self.clock()
+        with self._lock:
+            current = self._current_token.get(appid)
+            entry = self._server_tokens.get(current) if current else None
+            if entry is None or now >= entry[1] or body.get("force_refresh") is True:
+                if current is not None:
+                    self._server_tokens.pop(current, None)  # forced or expired: invalid now
+                current = secrets.token_urlsafe(48)
+                entry = (appid, now + SERVER_TOKEN_LIFETIME)
+                self._server_tokens[current] = entry
+                self._current_token[appid] = current
+            self.token_fetches[appid] = self.token_fetches.get(appid, 0) + 1
+        return {"access_token": current, "expires_in": max(1, int(entry[1] - now))}
+
+    def _token_error(self) -> dict[str, object] | None:
+        token = request.args.get("access_token", "")
+        with self._lock:
+            entry = self._server_tokens.get(token)
+        if entry is None:
+            return {"errcode": 40001, "errmsg": "invalid credential, access_token is invalid"}
+        if self.clock() >= entry[1]:
+            return {"errcode": 42001, "errmsg": "access_token expired"}
+        return None
+
+    def _phone_number(self) -> dict[str, object]:
+        refused = self._token_error()
+        if refused is not None:
+            return refused
+        body = request.get_json(silent=True)
+        code = body.get("code") if isinstance(body, dict) else None
+        token_appid = self._server_tokens.get(request.args.get("access_token", ""), ("", 0.0))[0]
+        with self._lock:
+            entry = self._phone_codes.get(code) if isinstance(code, str) else None
+            if (
+                entry is None
+                or entry.used
+                or entry.appid != token_appid
+                or self.clock() >= entry.expires_at
+            ):
+                return {"errcode": 40029, "errmsg": "invalid code"}
+            entry.used = True
+        number = entry.session_key  # the phone number rides in the code record
+        return {
+            "errcode": 0,
+            "errmsg": "ok",
+            "phone_info": {
+                "phoneNumber": number,
+                "purePhoneNumber": number,
+                "countryCode": "86",
+                "watermark": {"timestamp": int(self.clock()), "appid": entry.appid},
+            },
+        }
+
+    def _check_session(self) -> dict[str, object]:
+        refused = self._token_error()
+        if refused is not None:
+            return refused
+        args = request.args
+        token_appid = self._server_tokens.get(args.get("access_token", ""), ("", 0.0))[0]
+        session_key = self.session_key(token_appid, args.get("openid", ""))
+        if args.get("sig_method") != "hmac_sha256" or session_key is None:
+            return {"errcode": 87009, "errmsg": "invalid signature"}
+        expected = hmac.new(session_key.encode(), b"", hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(expected, args.get("signature", "")):
+            return {"errcode": 87009, "errmsg": "invalid signature"}
+        return {"errcode": 0, "errmsg": "ok"}
 
 
 def _json(body: Mapping[str, object], status: int = 200) -> Response:
