@@ -36,6 +36,20 @@ Try the whole flow from another terminal:
   # 4. Trade the refresh token for a new pair (the old one is now spent)
   curl -s {url}/auth/refresh -d refresh_token=$REFRESH
 
+  # 5. Decrypt what wx.getUserProfile gave the phone (issuer holds the session_key)
+  DATA=$(curl -s -X POST {url}/_wechat/dev/user-data -d user=alice)
+  curl -s {url}/wechat/decrypt -H "Authorization: Bearer $ACCESS" \\
+       -H "Content-Type: application/json" -d "$DATA"
+
+  # 6. The phone-number button gives a code; issuer turns it into the number
+  PHONE=$(curl -s -X POST {url}/_wechat/dev/phone-code -d user=alice | j code)
+  curl -s {url}/wechat/phone -H "Authorization: Bearer $ACCESS" \\
+       -H "Content-Type: application/json" -d "{{\\"code\\": \\"$PHONE\\"}}"
+
+  # 7. Is the stored session_key still current? And /me now knows more
+  curl -s {url}/wechat/session -H "Authorization: Bearer $ACCESS"
+  curl -s {url}/me -H "Authorization: Bearer $ACCESS"
+
   # The public keys downstream services verify access tokens with
   curl -s {url}/.well-known/jwks.json
 """

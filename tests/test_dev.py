@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import threading
 
 import pytest
@@ -121,3 +122,18 @@ def test_db_upgrade(tmp_path):
     assert result.exit_code == 0, result.output
     assert f"version {SCHEMA_VERSION}" in result.output
     assert (tmp_path / "up.db").exists()
+
+
+def test_the_printed_walkthrough_works_when_pasted_into_bash(dev_server):
+    script = "set -euo pipefail\n" + WALKTHROUGH.format(url=dev_server).split("\n", 3)[3]
+    result = subprocess.run(
+        ["bash", "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert '"is_new_user":true' in out
+    assert '"nickName":"alice"' in out  # decrypted
+    assert '"phone_number":"138' in out
+    assert '{"valid":true}' in out
+    assert '"keys":[' in out
+    assert "error" not in out
