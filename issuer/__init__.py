@@ -17,9 +17,9 @@ from werkzeug.middleware.dispatcher import DispatcherMiddleware
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from .config import ConfigError, Settings, StartupError, load_settings
-from .keys import KeyDirectory
+from .keys import KeyDirectory, KeyManager, KeyPolicy
 from .logs import configure_logging
-from .sealing import Sealer
+from .sealing import LiveSealer
 from .servertoken import ServerTokens
 from .service import AuthService
 from .store import StoreUnavailable, open_store
@@ -49,10 +49,11 @@ def create_app(
     for warning in settings.warnings:
         app.logger.warning(warning)
 
-    ring = KeyDirectory(settings.keys_dir).load(
-        settings.signing_alg,
-        retired_lifetime=settings.access_token_ttl + settings.leeway,
+    keys = KeyManager(
+        KeyDirectory(settings.keys_dir),
+        key_policy(settings),
         data_key=settings.data_key,
+        clock=clock,
     )
     store = open_store(settings.database_url)
     try:
@@ -63,12 +64,12 @@ def create_app(
         store.close()  # each worker thread opens its own connection when it needs one
 
     wechat = WeChatClient(settings.wechat_api_base, settings.wechat_timeout)
-    sealer = Sealer(ring.data_keys, ring.active_data_kid)
+    sealer = LiveSealer(lambda: (keys().data_keys, keys().active_data_kid))
     service = AuthService(
         settings=settings,
         store=store,
         wechat=wechat,
-        keys=lambda: ring,
+        keys=keys,
         sealer=sealer,
         clock=clock,
     )
@@ -95,6 +96,15 @@ def create_app(
     if settings.emulate_wechat:
         _mount_emulator(app, settings)
     return app
+
+
+def key_policy(settings: Settings) -> KeyPolicy:
+    return KeyPolicy(
+        alg=settings.signing_alg,
+        jwks_max_age=settings.jwks_max_age,
+        rotation_days=settings.key_rotation_days,
+        retired_lifetime=settings.access_token_ttl + settings.leeway,
+    )
 
 
 def _install_rate_limits(app: Flask, settings: Settings) -> None:

@@ -1,14 +1,23 @@
-"""Signing keys and data keys: their files in ``ISSUER_KEYS_DIR``, and the loaded key ring.
+"""Signing keys and data keys: their files in ``ISSUER_KEYS_DIR``, their life cycle, and the
+key ring each process signs and verifies with.
 
-The directory holds ``keyring.json`` (each signing key's kid, algorithm and state; the active
-data key id) beside one file per secret, each written atomically with mode 0600. Whoever
-writes holds an exclusive ``flock`` on ``.lock``, so workers or hosts that start together on
-an empty directory make exactly one key between them. A file that exists but cannot be read or
-parsed stops start-up: a replacement is never generated over it, since that would silently
-invalidate every token and every stored ``session_key``.
+The directory holds ``keyring.json`` (each signing key's kid, algorithm, and the time it
+starts signing; the data key ids) beside one file per secret, each written atomically with
+mode 0600. Writers hold an exclusive ``flock`` on ``.lock`` (readers a shared one), so workers
+or hosts that start together on an empty directory make exactly one key between them. A file
+that exists but cannot be read or parsed stops start-up: a replacement is never generated over
+it, since that would silently invalidate every token and every stored ``session_key``.
 
-Signing key states (SPEC §4): *next* (published, not yet signing), *active* (signs),
-*retired* (published until every token it signed has expired).
+Life cycle (SPEC §4). A key's state follows from the manifest and the clock alone, so every
+worker and host that shares the directory agrees without further writes:
+
+- *next*: published, not yet signing: its ``activates_at`` is in the future. A rotation
+  announces a key ``jwks_max_age`` + a margin ahead, so every verifier's cached JWKS already
+  holds it when its first token arrives;
+- *active*: the key with the latest ``activates_at`` that has passed: it signs;
+- *retired*: an earlier key, published until every token it signed has expired (its
+  successor's ``activates_at`` + the access token lifetime + leeway), then dropped;
+- *revoked*: ``revoked_at`` set: dropped from the JWKS and from verification at once.
 """
 
 from __future__ import annotations
@@ -18,9 +27,11 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
+import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,11 +42,17 @@ from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
 from .config import StartupError
 
+log = logging.getLogger("issuer.keys")
+
 MANIFEST = "keyring.json"
 LOCK = ".lock"
 MANIFEST_VERSION = 1
-STATES = ("next", "active", "retired")
 RSA_KEY_BITS = 2048
+SIGNING_ALGORITHMS = ("ES256", "RS256", "EdDSA")
+# Announced keys wait this long beyond the JWKS max-age before they sign.
+PUBLISH_MARGIN = 60.0
+# How often a process looks at the manifest for changes made by other processes.
+CHECK_INTERVAL = 1.0
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
 PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed25519PublicKey
@@ -103,16 +120,33 @@ def data_key_id(key: bytes) -> str:
 
 
 @dataclass(frozen=True)
+class KeyPolicy:
+    """What the life cycle needs from the settings."""
+
+    alg: str
+    jwks_max_age: float
+    rotation_days: int
+    # How long a retired key stays published: access token lifetime + leeway.
+    retired_lifetime: float
+
+    @property
+    def lead(self) -> float:
+        """How far ahead of signing a new key is published."""
+        return self.jwks_max_age + PUBLISH_MARGIN
+
+
+@dataclass(frozen=True)
 class SigningKey:
-    """One signing key with its place in the life cycle."""
+    """One published signing key and its state at the time the ring was built."""
 
     kid: str
     alg: str
-    state: str
+    state: str  # "next", "active" or "retired"
     private_key: PrivateKey = field(repr=False)
     jwk: dict[str, str]
     created_at: float
-    activated_at: float | None = None
+    activates_at: float
+    # When it stopped signing (its successor's activation), for retired keys.
     retired_at: float | None = None
 
     @property
@@ -124,12 +158,14 @@ class SigningKey:
 class KeyRing:
     """The keys one process signs and verifies with, and the JWKS built from them once.
 
-    ``keys`` lists every key that verifies (next, active, retired); exactly one is active.
+    ``keys`` lists every published key (next, active, retired); exactly one is active.
+    ``valid_until`` is the next moment a state changes by the clock alone.
     """
 
     keys: tuple[SigningKey, ...]
     data_keys: Mapping[str, bytes] = field(repr=False)
     active_data_kid: str
+    valid_until: float = float("inf")
     jwks_json: bytes = field(init=False, repr=False)
     jwks_etag: str = field(init=False)
 
@@ -161,24 +197,85 @@ class KeyRing:
         return tuple(sorted({key.alg for key in self.keys}))
 
 
+@dataclass(frozen=True)
+class KeyStatus:
+    """One manifest entry as ``issuer keys list`` shows it."""
+
+    kid: str
+    alg: str
+    state: str  # next, active, retired, expired (retired past publication), revoked
+    created_at: float
+    activates_at: float
+    retired_at: float | None
+    unpublish_at: float | None
+    revoked_at: float | None
+
+
+def key_states(
+    entries: list[dict[str, Any]], now: float, retired_lifetime: float
+) -> list[KeyStatus]:
+    """The state of every signing key at ``now``, from the manifest entries alone."""
+    live = sorted(
+        (entry for entry in entries if entry.get("revoked_at") is None),
+        key=lambda entry: (entry["activates_at"], entry["created_at"]),
+    )
+    started = [entry for entry in live if entry["activates_at"] <= now]
+    # A host whose clock lags the writer's may see no key started yet: the first one signs.
+    active = started[-1] if started else (live[0] if live else None)
+    statuses: list[KeyStatus] = []
+    for position, entry in enumerate(live):
+        retired_at = unpublish_at = None
+        if entry is active:
+            state = "active"
+        elif active is not None and entry["activates_at"] > active["activates_at"]:
+            state = "next"
+        else:
+            retired_at = live[position + 1]["activates_at"]
+            unpublish_at = retired_at + retired_lifetime
+            state = "retired" if now < unpublish_at else "expired"
+        statuses.append(
+            KeyStatus(
+                entry["kid"],
+                entry["alg"],
+                state,
+                entry["created_at"],
+                entry["activates_at"],
+                retired_at,
+                unpublish_at,
+                None,
+            )
+        )
+    for entry in entries:
+        if entry.get("revoked_at") is not None:
+            statuses.append(
+                KeyStatus(
+                    entry["kid"],
+                    entry["alg"],
+                    "revoked",
+                    entry["created_at"],
+                    entry["activates_at"],
+                    None,
+                    None,
+                    entry["revoked_at"],
+                )
+            )
+    return statuses
+
+
 class KeyDirectory:
-    """The key files of one ``ISSUER_KEYS_DIR``: reads them, and creates what is missing."""
+    """The key files of one ``ISSUER_KEYS_DIR``: reads them, and makes every change to them."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def load(
-        self,
-        alg: str,
-        *,
-        retired_lifetime: float,
-        data_key: bytes | None = None,
-        now: float | None = None,
-    ) -> KeyRing:
-        """Load the key ring, creating a signing key of ``alg`` and a data key if none exist.
+    # -- reading
 
-        A configured ``alg`` that differs from the active key's makes a new active key of
-        ``alg``; the old one is retired and stays published for ``retired_lifetime`` seconds.
+    def load(
+        self, policy: KeyPolicy, *, data_key: bytes | None = None, now: float | None = None
+    ) -> KeyRing:
+        """The key ring at ``now``, after making whatever is due: a first signing key and data
+        key, a key of a newly configured algorithm (active at once), or the next key of an
+        automatic rotation (``rotation_days``).
 
         :param data_key: ``ISSUER_DATA_KEY``; when given it is the active data key.
         :raises KeyFileError: the directory or a key file cannot be read or is corrupt.
@@ -188,14 +285,109 @@ class KeyDirectory:
         # Shared lock: a writer puts key files in place before the manifest that names them.
         with self._locked(exclusive=False):
             manifest = self._read_manifest()
-        if self._needs_writing(manifest, alg, data_key):
+        if self._due(manifest, policy, data_key, now):
             with self._locked(exclusive=True):
                 manifest = self._read_manifest()  # another process may have written it
-                if self._needs_writing(manifest, alg, data_key):
-                    manifest = self._complete(manifest, alg, data_key, now)
-        return self._ring(manifest, data_key, now, retired_lifetime)
+                if self._due(manifest, policy, data_key, now):
+                    manifest = self._complete(manifest, policy, data_key, now)
+        assert manifest is not None
+        return self._ring(manifest, policy, data_key, now)
 
-    # -- reading
+    def statuses(self, policy: KeyPolicy, now: float | None = None) -> list[KeyStatus]:
+        """Every signing key in the manifest with its state, for operators."""
+        now = time.time() if now is None else now
+        with self._locked(exclusive=False):
+            manifest = self._read_manifest()
+        return key_states(manifest["signing"] if manifest else [], now, policy.retired_lifetime)
+
+    def data_key_ids(self) -> tuple[str | None, list[str]]:
+        """(active data key id, every data key id in the manifest)."""
+        with self._locked(exclusive=False):
+            manifest = self._read_manifest()
+        if manifest is None:
+            return None, []
+        return manifest["data"].get("active"), list(manifest["data"]["keys"])
+
+    def fingerprint(self) -> tuple[int, int, int] | None:
+        """Changes whenever the manifest is rewritten; None when it is missing."""
+        try:
+            stat = os.stat(self.path / MANIFEST)
+        except OSError:
+            return None
+        return (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+
+    # -- operator changes (each under the exclusive lock)
+
+    def rotate(
+        self, policy: KeyPolicy, *, immediately: bool = False, now: float | None = None
+    ) -> str:
+        """Publish a fresh next key, replacing a next key that has not signed yet.
+
+        It signs from ``now + jwks_max_age + margin``, or at once when ``immediately`` (for
+        emergencies: verifiers that cached the JWKS refetch on the unknown kid).
+
+        :returns: the new key's kid.
+        """
+        now = time.time() if now is None else now
+        with self._locked(exclusive=True):
+            manifest = self._required_manifest()
+            signing = [entry for entry in manifest["signing"] if not _is_next(entry, now)]
+            self._remove_key_files(manifest["signing"], keep=signing)
+            entry = self._new_signing_key(
+                policy.alg, now, now if immediately else now + policy.lead
+            )
+            self._write({**manifest, "signing": [*signing, entry]}, policy, now)
+        return str(entry["kid"])
+
+    def revoke(self, kid: str, policy: KeyPolicy, *, now: float | None = None) -> None:
+        """Drop a key from the JWKS and from verification at once. Revoking the active key
+        first promotes the next key (or a new one), so signing never stops.
+
+        :raises KeyError: no live key has this kid.
+        """
+        now = time.time() if now is None else now
+        with self._locked(exclusive=True):
+            manifest = self._required_manifest()
+            signing = [dict(entry) for entry in manifest["signing"]]
+            states = {
+                status.kid: status.state
+                for status in key_states(signing, now, policy.retired_lifetime)
+            }
+            if states.get(kid) not in ("next", "active", "retired", "expired"):
+                raise KeyError(kid)
+            if states[kid] == "active":
+                upcoming = [entry for entry in signing if states.get(entry["kid"]) == "next"]
+                if upcoming:
+                    min(upcoming, key=lambda entry: entry["activates_at"])["activates_at"] = now
+                else:
+                    signing.append(self._new_signing_key(policy.alg, now, now))
+            for entry in signing:
+                if entry["kid"] == kid:
+                    entry["revoked_at"] = now
+            (self.path / f"signing-{kid}.pem").unlink(missing_ok=True)
+            self._write({**manifest, "signing": signing}, policy, now)
+
+    def add_data_key(self) -> str:
+        """Make a new active data key; older ones stay for the rows they sealed."""
+        with self._locked(exclusive=True):
+            manifest = self._required_manifest()
+            kid = self._new_data_key()
+            data = {"active": kid, "keys": [*manifest["data"]["keys"], kid]}
+            self._write_manifest({**manifest, "data": data})
+        return kid
+
+    def drop_data_keys(self, kids: list[str]) -> None:
+        """Forget data keys no stored row needs any more (never the active one)."""
+        with self._locked(exclusive=True):
+            manifest = self._required_manifest()
+            active = manifest["data"].get("active")
+            drop = [kid for kid in kids if kid != active]
+            keep = [kid for kid in manifest["data"]["keys"] if kid not in drop]
+            self._write_manifest({**manifest, "data": {"active": active, "keys": keep}})
+            for kid in drop:
+                (self.path / f"data-{kid}.key").unlink(missing_ok=True)
+
+    # -- internals
 
     def _ensure_directory(self) -> None:
         try:
@@ -206,6 +398,12 @@ class KeyDirectory:
             ) from None
         if not os.access(self.path, os.R_OK | os.W_OK | os.X_OK):
             raise KeyFileError(f"ISSUER_KEYS_DIR: {self.path} is not readable and writable")
+
+    def _required_manifest(self) -> dict[str, Any]:
+        manifest = self._read_manifest()
+        if manifest is None:
+            raise KeyFileError(f"{self.path / MANIFEST} does not exist; start issuer once first")
+        return manifest
 
     def _read_manifest(self) -> dict[str, Any] | None:
         file = self.path / MANIFEST
@@ -221,32 +419,79 @@ class KeyDirectory:
             raise KeyFileError(f"cannot read {file}: {error.strerror}") from None
         try:
             manifest = json.loads(text)
-            if manifest.get("version") != MANIFEST_VERSION:
-                raise ValueError("unknown version")
-            for entry in manifest["signing"]:
-                if not {"kid", "alg", "state", "created_at"} <= set(entry):
-                    raise ValueError("incomplete signing entry")
-                if entry["state"] not in STATES:
-                    raise ValueError("unknown state")
-                if entry["state"] == "retired" and not isinstance(
-                    entry.get("retired_at"), int | float
-                ):
-                    raise ValueError("retired key without retired_at")
-            if not isinstance(manifest["data"]["keys"], list):
-                raise ValueError("data keys must be a list")
+            _check_manifest(manifest)
         except (ValueError, KeyError, TypeError, AttributeError):
             raise KeyFileError(f"{file} is corrupt; restore it from backup") from None
         return dict(manifest)
 
-    def _needs_writing(
-        self, manifest: dict[str, Any] | None, alg: str, data_key: bytes | None
+    def _due(
+        self,
+        manifest: dict[str, Any] | None,
+        policy: KeyPolicy,
+        data_key: bytes | None,
+        now: float,
     ) -> bool:
         if manifest is None:
             return True
-        active = [entry for entry in manifest["signing"] if entry["state"] == "active"]
-        if len(active) != 1 or active[0]["alg"] != alg:
+        if data_key is None and not manifest["data"].get("active"):
             return True
-        return data_key is None and not manifest["data"].get("active")
+        statuses = key_states(manifest["signing"], now, policy.retired_lifetime)
+        live = [status for status in statuses if status.state in ("active", "next")]
+        if not any(status.state == "active" for status in live):
+            return True
+        if not any(status.alg == policy.alg for status in live):
+            return True  # a new algorithm was configured
+        return _rotation_due(statuses, policy, now)
+
+    def _complete(
+        self,
+        manifest: dict[str, Any] | None,
+        policy: KeyPolicy,
+        data_key: bytes | None,
+        now: float,
+    ) -> dict[str, Any]:
+        manifest = manifest or {"version": MANIFEST_VERSION, "signing": [], "data": {"keys": []}}
+        signing = [dict(entry) for entry in manifest["signing"]]
+        statuses = key_states(signing, now, policy.retired_lifetime)
+        live = [status for status in statuses if status.state in ("active", "next")]
+        if not any(status.state == "active" for status in live) or not any(
+            status.alg == policy.alg for status in live
+        ):
+            # First start, or a new algorithm: it signs at once; verifiers refetch the JWKS
+            # on its unknown kid.
+            signing.append(self._new_signing_key(policy.alg, now, now))
+        elif _rotation_due(statuses, policy, now):
+            active = next(status for status in statuses if status.state == "active")
+            starts = max(now + policy.lead, active.activates_at + policy.rotation_days * 86_400)
+            signing.append(self._new_signing_key(policy.alg, now, starts))
+        data = dict(manifest["data"])
+        if data_key is None and not data.get("active"):
+            kid = self._new_data_key()
+            data = {"active": kid, "keys": [*data["keys"], kid]}
+        return self._write({**manifest, "signing": signing, "data": data}, policy, now)
+
+    def _write(self, manifest: dict[str, Any], policy: KeyPolicy, now: float) -> dict[str, Any]:
+        """Write the manifest, dropping retired keys whose tokens have all expired."""
+        expired = {
+            status.kid
+            for status in key_states(manifest["signing"], now, policy.retired_lifetime)
+            if status.state == "expired"
+        }
+        signing = [entry for entry in manifest["signing"] if entry["kid"] not in expired]
+        manifest = {**manifest, "signing": signing}
+        self._write_manifest(manifest)
+        for kid in expired:
+            (self.path / f"signing-{kid}.pem").unlink(missing_ok=True)
+        return manifest
+
+    def _write_manifest(self, manifest: dict[str, Any]) -> None:
+        write_secret(self.path / MANIFEST, json.dumps(manifest, indent=2).encode() + b"\n")
+
+    def _remove_key_files(self, entries: list[dict[str, Any]], keep: list[dict[str, Any]]) -> None:
+        kept = {entry["kid"] for entry in keep}
+        for entry in entries:
+            if entry["kid"] not in kept:
+                (self.path / f"signing-{entry['kid']}.pem").unlink(missing_ok=True)
 
     def _read_private_key(self, kid: str, alg: str) -> PrivateKey:
         file = self.path / f"signing-{kid}.pem"
@@ -261,6 +506,8 @@ class KeyDirectory:
         assert isinstance(
             key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
         )
+        if thumbprint(public_jwk(key.public_key())) != kid:
+            raise KeyFileError(f"signing key {file} does not match its kid; restore it")
         return key
 
     def _read_data_key(self, kid: str) -> bytes:
@@ -278,43 +525,40 @@ class KeyDirectory:
         return key
 
     def _ring(
-        self,
-        manifest: dict[str, Any] | None,
-        data_key: bytes | None,
-        now: float,
-        retired_lifetime: float,
+        self, manifest: dict[str, Any], policy: KeyPolicy, data_key: bytes | None, now: float
     ) -> KeyRing:
-        assert manifest is not None
         keys = []
-        for entry in manifest["signing"]:
-            retired_at = entry.get("retired_at")
-            if entry["state"] == "retired" and retired_at + retired_lifetime < now:
-                continue  # every token it signed has expired
-            private_key = self._read_private_key(entry["kid"], entry["alg"])
-            jwk = public_jwk(private_key.public_key())
-            if thumbprint(jwk) != entry["kid"]:
-                file = self.path / f"signing-{entry['kid']}.pem"
-                raise KeyFileError(f"signing key {file} does not match its kid; restore it")
+        changes = [float("inf")]
+        for status in key_states(manifest["signing"], now, policy.retired_lifetime):
+            if status.state in ("revoked", "expired"):
+                continue
+            if status.state == "next":
+                changes.append(status.activates_at)
+            if status.unpublish_at is not None:
+                changes.append(status.unpublish_at)
+            private_key = self._read_private_key(status.kid, status.alg)
             keys.append(
                 SigningKey(
-                    kid=entry["kid"],
-                    alg=entry["alg"],
-                    state=entry["state"],
+                    kid=status.kid,
+                    alg=status.alg,
+                    state=status.state,
                     private_key=private_key,
-                    jwk=jwk,
-                    created_at=entry["created_at"],
-                    activated_at=entry.get("activated_at"),
-                    retired_at=retired_at,
+                    jwk=public_jwk(private_key.public_key()),
+                    created_at=status.created_at,
+                    activates_at=status.activates_at,
+                    retired_at=status.retired_at,
                 )
             )
+        if policy.rotation_days > 0:
+            active = next(key for key in keys if key.state == "active")
+            if not any(key.state == "next" for key in keys):
+                changes.append(active.activates_at + policy.rotation_days * 86_400 - policy.lead)
         data_keys = {kid: self._read_data_key(kid) for kid in manifest["data"]["keys"]}
         active_data_kid = manifest["data"].get("active")
         if data_key is not None:
             active_data_kid = data_key_id(data_key)
             data_keys[active_data_kid] = data_key
-        return KeyRing(tuple(keys), data_keys, active_data_kid)
-
-    # -- writing (only under the lock)
+        return KeyRing(tuple(keys), data_keys, active_data_kid, valid_until=min(changes))
 
     @contextlib.contextmanager
     def _locked(self, *, exclusive: bool) -> Iterator[None]:
@@ -328,25 +572,7 @@ class KeyDirectory:
         finally:
             os.close(fd)  # closing releases the lock
 
-    def _complete(
-        self, manifest: dict[str, Any] | None, alg: str, data_key: bytes | None, now: float
-    ) -> dict[str, Any]:
-        manifest = manifest or {"version": MANIFEST_VERSION, "signing": [], "data": {"keys": []}}
-        signing = [dict(entry) for entry in manifest["signing"]]
-        active = [entry for entry in signing if entry["state"] == "active"]
-        if len(active) != 1 or active[0]["alg"] != alg:
-            for entry in active:
-                entry.update(state="retired", retired_at=now)
-            signing.append(self._new_signing_key(alg, now))
-        data = dict(manifest["data"])
-        if data_key is None and not data.get("active"):
-            kid = self._new_data_key()
-            data = {"active": kid, "keys": [*data["keys"], kid]}
-        manifest = {**manifest, "signing": signing, "data": data}
-        write_secret(self.path / MANIFEST, json.dumps(manifest, indent=2).encode() + b"\n")
-        return manifest
-
-    def _new_signing_key(self, alg: str, now: float) -> dict[str, Any]:
+    def _new_signing_key(self, alg: str, now: float, activates_at: float) -> dict[str, Any]:
         private_key = generate_private_key(alg)
         kid = thumbprint(public_jwk(private_key.public_key()))
         pem = private_key.private_bytes(
@@ -355,13 +581,110 @@ class KeyDirectory:
             serialization.NoEncryption(),
         )
         write_secret(self.path / f"signing-{kid}.pem", pem)
-        return {"kid": kid, "alg": alg, "state": "active", "created_at": now, "activated_at": now}
+        return {"kid": kid, "alg": alg, "created_at": now, "activates_at": activates_at}
 
     def _new_data_key(self) -> str:
         key = os.urandom(32)
         kid = data_key_id(key)
         write_secret(self.path / f"data-{kid}.key", b64url(key).encode() + b"\n")
         return kid
+
+
+class KeyManager:
+    """This process's current key ring, kept in step with the key directory.
+
+    At most once a second (monotonic clock) it looks at the manifest's ``stat``; the ring is
+    rebuilt only when the manifest changed (a rotation or revocation by any process or host)
+    or a state change by the clock is due. Requests never read key files.
+    """
+
+    def __init__(
+        self,
+        directory: KeyDirectory,
+        policy: KeyPolicy,
+        *,
+        data_key: bytes | None = None,
+        clock: Callable[[], float] = time.time,
+        check_interval: float = CHECK_INTERVAL,
+    ) -> None:
+        self.directory = directory
+        self.policy = policy
+        self.data_key = data_key
+        self.clock = clock
+        self.check_interval = check_interval
+        self._lock = threading.Lock()
+        self._fingerprint = directory.fingerprint()
+        self._ring = directory.load(policy, data_key=data_key, now=clock())
+        self._fingerprint = directory.fingerprint()
+        self._checked = time.monotonic()
+
+    def __call__(self) -> KeyRing:
+        """The current ring (cheap: a clock read on almost every call)."""
+        if time.monotonic() - self._checked >= self.check_interval:
+            self._refresh()
+        return self._ring
+
+    def reload(self) -> KeyRing:
+        """Rebuild the ring now, whatever changed."""
+        with self._lock:
+            self._ring = self.directory.load(self.policy, data_key=self.data_key, now=self.clock())
+            self._fingerprint = self.directory.fingerprint()
+            self._checked = time.monotonic()
+        return self._ring
+
+    def _refresh(self) -> None:
+        if not self._lock.acquire(blocking=False):
+            return  # another thread is on it; this one keeps the current ring
+        try:
+            self._checked = time.monotonic()
+            fingerprint = self.directory.fingerprint()
+            if fingerprint == self._fingerprint and self.clock() < self._ring.valid_until:
+                return
+            try:
+                self._ring = self.directory.load(
+                    self.policy, data_key=self.data_key, now=self.clock()
+                )
+            except KeyFileError:
+                # A broken change must not take a serving process down: keep signing with
+                # the ring it has, and say so loudly.
+                log.exception("key directory changed but cannot be loaded; keeping the old ring")
+                return
+            self._fingerprint = self.directory.fingerprint()
+        finally:
+            self._lock.release()
+
+
+def _is_next(entry: dict[str, Any], now: float) -> bool:
+    return entry.get("revoked_at") is None and entry["activates_at"] > now
+
+
+def _rotation_due(statuses: list[KeyStatus], policy: KeyPolicy, now: float) -> bool:
+    if policy.rotation_days <= 0 or any(status.state == "next" for status in statuses):
+        return False
+    active = next((status for status in statuses if status.state == "active"), None)
+    if active is None:
+        return False
+    return now >= active.activates_at + policy.rotation_days * 86_400 - policy.lead
+
+
+def _check_manifest(manifest: Any) -> None:
+    """:raises ValueError: (or KeyError/TypeError) when the manifest is not well formed."""
+    if manifest.get("version") != MANIFEST_VERSION:
+        raise ValueError("unknown version")
+    for entry in manifest["signing"]:
+        if not isinstance(entry["kid"], str) or entry["alg"] not in SIGNING_ALGORITHMS:
+            raise ValueError("bad signing entry")
+        for name in ("created_at", "activates_at"):
+            if isinstance(entry[name], bool) or not isinstance(entry[name], int | float):
+                raise ValueError(f"{name} must be a number")
+        revoked_at = entry.get("revoked_at")
+        if revoked_at is not None and not isinstance(revoked_at, int | float):
+            raise ValueError("revoked_at must be a number")
+    data = manifest["data"]
+    if not isinstance(data["keys"], list) or not all(isinstance(k, str) for k in data["keys"]):
+        raise ValueError("data keys must be a list of ids")
+    if data.get("active") is not None and data["active"] not in data["keys"]:
+        raise ValueError("the active data key is not listed")
 
 
 def write_secret(path: Path, data: bytes) -> None:

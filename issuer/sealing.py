@@ -9,8 +9,9 @@ ciphertext, so keys can be rotated while old rows stay readable.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -36,6 +37,17 @@ class Sealed:
     blob: bytes = field(repr=False)
 
 
+class Seals(Protocol):
+    """What the rest of issuer needs: seal with the active key, open with any known one."""
+
+    @property
+    def active_kid(self) -> str: ...
+
+    def seal(self, plaintext: bytes, aad: bytes) -> Sealed: ...
+
+    def open(self, sealed: Sealed, aad: bytes) -> bytes: ...
+
+
 class Sealer:
     """Seals with the active data key; opens with any known one."""
 
@@ -43,7 +55,11 @@ class Sealer:
         if active_kid not in keys:
             raise ValueError("the active data key is not among the keys")
         self._ciphers = {kid: AESGCM(key) for kid, key in keys.items()}
-        self.active_kid = active_kid
+        self._active_kid = active_kid
+
+    @property
+    def active_kid(self) -> str:
+        return self._active_kid
 
     def seal(self, plaintext: bytes, aad: bytes) -> Sealed:
         nonce = os.urandom(NONCE_BYTES)
@@ -60,3 +76,32 @@ class Sealer:
             return cipher.decrypt(nonce, body, aad)
         except (InvalidTag, ValueError) as error:  # ValueError: too short to hold a nonce
             raise UnsealError("ciphertext does not authenticate") from error
+
+
+class LiveSealer:
+    """A :class:`Sealer` that follows the data keys of the current key ring, so a data-key
+    rotation made by any process is used here within seconds."""
+
+    def __init__(self, source: Callable[[], tuple[Mapping[str, bytes], str]]) -> None:
+        """:param source: returns (data keys by id, active id); the same mapping object for
+        as long as the keys do not change."""
+        self._source = source
+        self._cached: tuple[Mapping[str, bytes], Sealer] | None = None
+
+    def _current(self) -> Sealer:
+        keys, active = self._source()
+        cached = self._cached
+        if cached is None or cached[0] is not keys or cached[1].active_kid != active:
+            cached = (keys, Sealer(keys, active))
+            self._cached = cached
+        return cached[1]
+
+    @property
+    def active_kid(self) -> str:
+        return self._current().active_kid
+
+    def seal(self, plaintext: bytes, aad: bytes) -> Sealed:
+        return self._current().seal(plaintext, aad)
+
+    def open(self, sealed: Sealed, aad: bytes) -> bytes:
+        return self._current().open(sealed, aad)

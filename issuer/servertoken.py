@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 from .config import WeChatApp
 from .errors import TemporarilyUnavailable
-from .sealing import Sealer, UnsealError, associated_data
+from .sealing import Seals, UnsealError, associated_data
 from .store import ServerToken, Store
 from .wechat import WeChatClient
 
@@ -46,7 +46,7 @@ class ServerTokens:
         self,
         store: Store,
         wechat: WeChatClient,
-        sealer: Sealer,
+        sealer: Seals,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:

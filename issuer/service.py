@@ -19,7 +19,7 @@ from .config import Settings, WeChatApp
 from .errors import InvalidClient, InvalidGrant, InvalidRequest, InvalidToken
 from .keys import KeyRing
 from .rotation import ChainState, Verdict, judge
-from .sealing import Sealer, UnsealError, associated_data
+from .sealing import Seals, UnsealError, associated_data
 from .store import NewSession, Session, Store
 from .tokens import (
     TokenPolicy,
@@ -81,7 +81,7 @@ class AuthService:
         store: Store,
         wechat: WeChatClient,
         keys: Callable[[], KeyRing],
-        sealer: Sealer,
+        sealer: Seals,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 from .config import Settings, WeChatApp
 from .errors import InvalidClient, InvalidRequest, SessionKeyMismatch, TemporarilyUnavailable
-from .sealing import Sealer, UnsealError, associated_data
+from .sealing import Seals, UnsealError, associated_data
 from .servertoken import ServerTokens
 from .service import Caller
 from .store import Store
@@ -41,7 +41,7 @@ class UserData:
         store: Store,
         wechat: WeChatClient,
         server_tokens: ServerTokens,
-        sealer: Sealer,
+        sealer: Seals,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
