@@ -1,14 +1,17 @@
 """The ``issuer`` command: Flask's CLI with the app's configuration, plus operator commands.
 
 ``issuer dev`` runs development mode with the WeChat emulator and prints a walkthrough;
-``issuer db upgrade`` migrates the database. Every command exits non-zero with one clear line
-when the configuration or the keys are unusable.
+``keys list|rotate|revoke``, ``data-key rotate``, ``db upgrade``, ``prune`` and
+``users show`` operate a deployment (SPEC §9). Every command exits non-zero with one clear
+line when it fails or the configuration or keys are unusable.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+import time
 
 import click
 from flask import Flask, current_app
@@ -16,6 +19,9 @@ from flask.cli import FlaskGroup, with_appcontext
 
 from . import create_app
 from .config import StartupError
+from .datakeys import reseal_all
+from .keys import KeyManager
+from .service import AuthService, rfc3339
 
 WALKTHROUGH = """\
 issuer is running in development mode, with a WeChat emulator at {url}/_wechat.
@@ -88,6 +94,148 @@ def dev(host: str, port: int) -> None:
     sys.stdout.flush()
     # Threaded: a login calls the emulator, which this same server answers.
     run_simple(host, port, app, threaded=True, use_reloader=False)
+
+
+def _service() -> AuthService:
+    service: AuthService = current_app.extensions["issuer"]
+    return service
+
+
+def _manager() -> KeyManager:
+    manager = _service().keys
+    assert isinstance(manager, KeyManager)
+    return manager
+
+
+def _when(timestamp: float | None) -> str:
+    return "-" if timestamp is None else rfc3339(timestamp)
+
+
+@main.group("keys")
+def keys() -> None:
+    """Signing keys: list, rotate, revoke."""
+
+
+@keys.command("list")
+@with_appcontext
+def keys_list() -> None:
+    """Every signing key with its state and times."""
+    manager = _manager()
+    statuses = manager.directory.statuses(manager.policy)
+    click.echo(f"{'kid':<44} {'alg':<6} {'state':<8} {'signs from':<21} {'unpublished at':<21}")
+    for status in sorted(statuses, key=lambda item: item.activates_at):
+        until = status.revoked_at if status.state == "revoked" else status.unpublish_at
+        click.echo(
+            f"{status.kid:<44} {status.alg:<6} {status.state:<8} "
+            f"{_when(status.activates_at):<21} {_when(until):<21}"
+        )
+
+
+@keys.command("rotate")
+@click.option(
+    "--now",
+    "immediately",
+    is_flag=True,
+    help="Sign with the new key at once (emergencies): verifiers refetch on its kid.",
+)
+@with_appcontext
+def keys_rotate(immediately: bool) -> None:
+    """Publish a new next key; it signs once verifiers' caches hold it."""
+    manager = _manager()
+    kid = manager.directory.rotate(manager.policy, immediately=immediately)
+    if immediately:
+        click.echo(f"new key {kid} signs from now")
+    else:
+        starts = time.time() + manager.policy.lead
+        click.echo(f"new key {kid} published; it signs from {rfc3339(starts)}")
+
+
+@keys.command("revoke")
+@click.argument("kid")
+@with_appcontext
+def keys_revoke(kid: str) -> None:
+    """Remove KID from the JWKS and from verification at once."""
+    manager = _manager()
+    try:
+        manager.directory.revoke(kid, manager.policy)
+    except KeyError:
+        raise click.ClickException(f"no published signing key has kid {kid}") from None
+    ring = manager.reload()
+    click.echo(f"key {kid} revoked; {ring.active.kid} signs")
+
+
+@main.group("data-key")
+def data_key() -> None:
+    """The data key that seals stored secrets."""
+
+
+@data_key.command("rotate")
+@with_appcontext
+def data_key_rotate() -> None:
+    """Make a new data key, re-seal every stored secret with it, drop unneeded old keys."""
+    service = _service()
+    if service.settings.data_key is not None:
+        raise click.ClickException(
+            "ISSUER_DATA_KEY is set: rotate it there (add the new key, keep the old key file)"
+        )
+    manager = _manager()
+    kid = manager.directory.add_data_key()
+    manager.reload()
+    report = reseal_all(service.store, service.sealer)
+    unneeded = [
+        old
+        for old in manager.directory.data_key_ids()[1]
+        if old != kid and report.remaining.get(old, 0) == 0
+    ]
+    manager.directory.drop_data_keys(unneeded)
+    click.echo(f"new data key {kid}; {report.resealed} stored secrets re-sealed")
+    still = {old: count for old, count in report.remaining.items() if old != kid and count}
+    if still or report.unreadable:
+        click.echo(f"old keys still needed by rows written meanwhile: {still}; run it again")
+        if report.unreadable:
+            raise click.ClickException(f"{report.unreadable} stored secrets cannot be opened")
+
+
+@main.command("prune")
+@with_appcontext
+def prune() -> None:
+    """Delete ended sessions (expired or revoked) and stale login code hashes."""
+    removed = _service().store.prune(time.time())
+    click.echo(f"removed {removed['sessions']} sessions, {removed['login_codes']} login codes")
+
+
+@main.group("users")
+def users() -> None:
+    """Look users up."""
+
+
+@users.command("show")
+@click.argument("user_id")
+@with_appcontext
+def users_show(user_id: str) -> None:
+    """A user, its identities and live sessions, as JSON (no secrets)."""
+    store = _service().store
+    user = store.get_user(user_id)
+    if user is None:
+        raise click.ClickException(f"no user {user_id}")
+    shown = {
+        "user_id": user.id,
+        "unionid": user.unionid,
+        "created_at": rfc3339(user.created_at),
+        "merged_into": user.merged_into,
+        "nickname": user.nickname,
+        "identities": [
+            {
+                "appid": identity.appid,
+                "openid": identity.openid,
+                "created_at": rfc3339(identity.created_at),
+                "has_phone": identity.phone is not None,
+            }
+            for identity in store.identities_of(user.id)
+        ],
+        "live_sessions": store.live_sessions(user.id, time.time()),
+    }
+    click.echo(json.dumps(shown, indent=2, ensure_ascii=False))
 
 
 @main.group("db")

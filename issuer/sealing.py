@@ -29,6 +29,33 @@ def associated_data(purpose: str, *parts: str) -> bytes:
     return b"".join(len(item.encode()).to_bytes(2, "big") + item.encode() for item in fields)
 
 
+# What each stored secret is bound to. A ciphertext opens only in its own row.
+def session_key_aad(appid: str, openid: str) -> bytes:
+    return associated_data("session_key", appid, openid)
+
+
+def phone_aad(appid: str, openid: str) -> bytes:
+    return associated_data("phone_number", appid, openid)
+
+
+def refresh_secret_aad(sid: str) -> bytes:
+    return associated_data("refresh_secret", sid)
+
+
+def server_token_aad(appid: str) -> bytes:
+    return associated_data("server_token", appid)
+
+
+# Stored secret kinds (as the store names them) -> how their associated data is made from
+# the row's key columns.
+AAD_OF_KIND: dict[str, Callable[..., bytes]] = {
+    "session_key": session_key_aad,
+    "phone": phone_aad,
+    "refresh_secret": refresh_secret_aad,
+    "server_token": server_token_aad,
+}
+
+
 @dataclass(frozen=True)
 class Sealed:
     """A ciphertext (nonce + ciphertext + tag) and the id of the key that made it."""

@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 from .config import WeChatApp
 from .errors import TemporarilyUnavailable
-from .sealing import Seals, UnsealError, associated_data
+from .sealing import Seals, UnsealError, server_token_aad
 from .store import ServerToken, Store
 from .wechat import WeChatClient
 
@@ -107,7 +107,7 @@ class ServerTokens:
             self.store.release_server_token_lease(app.appid, self.owner)
             raise
         now = self.clock()
-        sealed = self.sealer.seal(fresh.token.encode(), associated_data("server_token", app.appid))
+        sealed = self.sealer.seal(fresh.token.encode(), server_token_aad(app.appid))
         self.store.put_server_token(app.appid, self.owner, sealed, now + fresh.expires_in, now)
         log.info("server access token fetched for app %s (%ds left)", app.appid, fresh.expires_in)
         return fresh.token
@@ -120,9 +120,7 @@ class ServerTokens:
         if now >= cached.expires_at - margin:
             return None
         try:
-            return self.sealer.open(
-                cached.token, associated_data("server_token", app.appid)
-            ).decode()
+            return self.sealer.open(cached.token, server_token_aad(app.appid)).decode()
         except UnsealError:
             log.error("cached server token of app %s cannot be decrypted", app.appid)
             return None

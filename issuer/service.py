@@ -19,7 +19,7 @@ from .config import Settings, WeChatApp
 from .errors import InvalidClient, InvalidGrant, InvalidRequest, InvalidToken
 from .keys import KeyRing
 from .rotation import ChainState, Verdict, judge
-from .sealing import Seals, UnsealError, associated_data
+from .sealing import Seals, UnsealError, phone_aad, refresh_secret_aad, session_key_aad
 from .store import NewSession, Session, Store
 from .tokens import (
     TokenPolicy,
@@ -147,11 +147,11 @@ class AuthService:
             unionid=answer.unionid,
             session_key=self.sealer.seal(
                 answer.session_key.encode(),
-                associated_data("session_key", app.appid, answer.openid),
+                session_key_aad(app.appid, answer.openid),
             ),
             session=NewSession(
                 id=sid,
-                secret=self.sealer.seal(secret, associated_data("refresh_secret", sid)),
+                secret=self.sealer.seal(secret, refresh_secret_aad(sid)),
                 expires_at=now + self.settings.refresh_token_ttl,
             ),
             now=now,
@@ -190,7 +190,7 @@ class AuthService:
         if session is None or session.revoked_at is not None or now >= session.expires_at:
             return None
         try:
-            secret = self.sealer.open(session.secret, associated_data("refresh_secret", sid))
+            secret = self.sealer.open(session.secret, refresh_secret_aad(sid))
         except UnsealError:
             return None
         log.info("login retried within the window; same session sid=%s", sid)
@@ -249,7 +249,7 @@ class AuthService:
         if parsed is None or session is None:
             raise InvalidGrant("The refresh token is not valid.")
         try:
-            secret = self.sealer.open(session.secret, associated_data("refresh_secret", session.id))
+            secret = self.sealer.open(session.secret, refresh_secret_aad(session.id))
         except UnsealError:
             log.error("session secret of sid=%s cannot be decrypted", session.id)
             raise InvalidGrant("The refresh token is not valid.") from None
@@ -380,7 +380,7 @@ class AuthService:
             try:
                 phone = self.sealer.open(
                     identity.phone,
-                    associated_data("phone_number", identity.appid, identity.openid),
+                    phone_aad(identity.appid, identity.openid),
                 )
             except UnsealError:
                 log.error("phone of (%s, %s) cannot be decrypted", identity.appid, identity.openid)

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 from .config import Settings, WeChatApp
 from .errors import InvalidClient, InvalidRequest, SessionKeyMismatch, TemporarilyUnavailable
-from .sealing import Seals, UnsealError, associated_data
+from .sealing import Seals, UnsealError, phone_aad, session_key_aad
 from .servertoken import ServerTokens
 from .service import Caller
 from .store import Store
@@ -26,10 +26,6 @@ log = logging.getLogger("issuer.userdata")
 
 MAX_PROFILE_TEXT = 1024
 T = TypeVar("T")
-
-
-def phone_aad(appid: str, openid: str) -> bytes:
-    return associated_data("phone_number", appid, openid)
 
 
 class UserData:
@@ -132,9 +128,7 @@ class UserData:
         if identity is None:
             raise SessionKeyMismatch()
         try:
-            return self.sealer.open(
-                identity.session_key, associated_data("session_key", appid, openid)
-            ).decode()
+            return self.sealer.open(identity.session_key, session_key_aad(appid, openid)).decode()
         except UnsealError:
             log.error("stored session_key of (%s, %s) cannot be decrypted", appid, openid)
             raise SessionKeyMismatch() from None

@@ -84,6 +84,16 @@ class ServerToken:
 
 
 @dataclass(frozen=True)
+class SealedRow:
+    """One stored secret: its kind (``session_key``, ``phone``, ``refresh_secret``,
+    ``server_token``), the row's key values, and the ciphertext."""
+
+    kind: str
+    key: tuple[str, ...]
+    sealed: Sealed = field(repr=False)
+
+
+@dataclass(frozen=True)
 class LoginOutcome:
     user: User
     is_new_user: bool
@@ -185,6 +195,27 @@ class Store(Protocol):
         ...
 
     def release_server_token_lease(self, appid: str, owner: str) -> None: ...
+
+    def prune(self, now: float) -> dict[str, int]:
+        """Delete sessions past their lifetime or revoked, and stale login code hashes.
+
+        :returns: how many rows of each went.
+        """
+        ...
+
+    def live_sessions(self, user_id: str, now: float) -> int: ...
+
+    def sealed_rows(self, not_kid: str, limit: int) -> list[SealedRow]:
+        """Up to ``limit`` stored secrets sealed with a data key other than ``not_kid``."""
+        ...
+
+    def replace_sealed(self, row: SealedRow, new: Sealed) -> bool:
+        """Swap a row's ciphertext, unless it changed since it was read (then False)."""
+        ...
+
+    def sealed_kid_counts(self) -> dict[str, int]:
+        """How many stored secrets each data key sealed."""
+        ...
 
     def close(self) -> None:
         """Release this thread's connection."""

@@ -23,6 +23,7 @@ from . import (
     Identity,
     LoginOutcome,
     NewSession,
+    SealedRow,
     ServerToken,
     Session,
     StoreUnavailable,
@@ -400,6 +401,70 @@ class SQLiteStore:
                 (token.blob, token.kid, expires_at, now, appid),
             )
 
+    # -- maintenance
+
+    def prune(self, now: float) -> dict[str, int]:
+        with self._transaction() as db:
+            codes = db.execute(
+                """DELETE FROM login_codes WHERE created_at < ? OR session_id IN
+                (SELECT id FROM sessions WHERE expires_at <= ? OR revoked_at IS NOT NULL)""",
+                (now - LOGIN_CODE_MEMORY, now),
+            ).rowcount
+            sessions = db.execute(
+                "DELETE FROM sessions WHERE expires_at <= ? OR revoked_at IS NOT NULL", (now,)
+            ).rowcount
+        return {"sessions": sessions, "login_codes": codes}
+
+    def live_sessions(self, user_id: str, now: float) -> int:
+        row = self._read(
+            """SELECT count(*) FROM sessions WHERE user_id = ? AND revoked_at IS NULL
+            AND expires_at > ?""",
+            user_id,
+            now,
+        )
+        return int(row[0]) if row else 0
+
+    def sealed_rows(self, not_kid: str, limit: int) -> list[SealedRow]:
+        rows: list[SealedRow] = []
+        with self._guard():
+            db = self._connection()
+            for kind, (table, keys, blob, kid) in SEALED_COLUMNS.items():
+                found = db.execute(
+                    f"SELECT {', '.join(keys)}, {blob}, {kid} FROM {table} "  # noqa: S608
+                    f"WHERE {blob} IS NOT NULL AND {kid} != ? LIMIT ?",
+                    (not_kid, limit - len(rows)),
+                ).fetchall()
+                for row in found:
+                    rows.append(
+                        SealedRow(kind, tuple(row[: len(keys)]), Sealed(row[-1], bytes(row[-2])))
+                    )
+                if len(rows) >= limit:
+                    break
+        return rows
+
+    def replace_sealed(self, row: SealedRow, new: Sealed) -> bool:
+        table, keys, blob, kid = SEALED_COLUMNS[row.kind]
+        match = " AND ".join(f"{column} = ?" for column in keys)
+        with self._transaction() as db:
+            cursor = db.execute(
+                f"UPDATE {table} SET {blob} = ?, {kid} = ? "  # noqa: S608
+                f"WHERE {match} AND {blob} = ? AND {kid} = ?",
+                (new.blob, new.kid, *row.key, row.sealed.blob, row.sealed.kid),
+            )
+            return cursor.rowcount == 1
+
+    def sealed_kid_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        with self._guard():
+            db = self._connection()
+            for table, _, blob, kid in SEALED_COLUMNS.values():
+                for key_id, count in db.execute(
+                    f"SELECT {kid}, count(*) FROM {table} "  # noqa: S608
+                    f"WHERE {blob} IS NOT NULL GROUP BY {kid}"
+                ):
+                    counts[key_id] = counts.get(key_id, 0) + count
+        return counts
+
     def release_server_token_lease(self, appid: str, owner: str) -> None:
         with self._transaction() as db:
             db.execute(
@@ -408,6 +473,17 @@ class SQLiteStore:
                 (appid, owner),
             )
 
+
+# Every sealed column: kind -> (table, key columns, ciphertext column, key id column).
+# Constants only: the names never come from input.
+SEALED_COLUMNS: dict[str, tuple[str, tuple[str, ...], str, str]] = {
+    "session_key": ("identities", ("appid", "openid"), "session_key", "session_key_kid"),
+    "phone": ("identities", ("appid", "openid"), "phone", "phone_kid"),
+    "refresh_secret": ("sessions", ("id",), "secret", "secret_kid"),
+    "server_token": ("server_tokens", ("appid",), "token", "token_kid"),
+}
+# Login code hashes are kept at most this long (the retry window's upper bound).
+LOGIN_CODE_MEMORY = 300.0
 
 SELECT_USER = "SELECT id, unionid, created_at, nickname, avatar_url, merged_into FROM users"
 SELECT_IDENTITY = """SELECT appid, openid, user_id, session_key, session_key_kid, created_at,
