@@ -335,7 +335,7 @@ class AuthService:
         :raises InvalidToken: the token does not verify, or (``require_live_session``) its
             session was logged out, revoked or has ended.
         """
-        claims = verify_access_token(access_token, self.keys(), self.policy)
+        claims = verify_access_token(access_token, self.keys().verification_key, self.policy)
         session = self.store.get_session(claims["sid"])
         if session is None or session.user_id != claims["sub"]:
             raise InvalidToken("The session of this access token does not exist.")

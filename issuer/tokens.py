@@ -19,14 +19,14 @@ import binascii
 import hashlib
 import hmac
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import jwt
 
 from .errors import InvalidToken
-from .keys import KeyRing, SigningKey, b64url
+from .keys import SigningKey, b64url
 
 ACCESS_TOKEN_TYPE = "at+jwt"  # noqa: S105 -- a media type, not a secret
 # RFC 9068 §4: "at+jwt", or its full media type; media types compare case-insensitively.
@@ -98,12 +98,24 @@ def sign_access_token(claims: Mapping[str, Any], key: SigningKey) -> str:
     )
 
 
-def verify_access_token(token: str, ring: KeyRing, policy: TokenPolicy) -> dict[str, Any]:
+class VerificationKey(Protocol):
+    """A public key and the one algorithm it verifies."""
+
+    @property
+    def public_key(self) -> Any: ...
+
+    @property
+    def alg(self) -> str: ...
+
+
+def verify_access_token(
+    token: str, key_for: Callable[[str], VerificationKey | None], policy: TokenPolicy
+) -> dict[str, Any]:
     """Verify an access token as strictly as it was signed (RFC 8725, RFC 9068 §4).
 
-    The key is chosen by ``kid`` among the ring's own keys and the algorithm by that key;
-    nothing in the token picks how it is checked. ``exp``/``iat`` are checked against the
-    wall clock with the policy's leeway.
+    The key is chosen by ``kid`` through ``key_for`` (issuer's own ring, or a downstream
+    service's JWKS cache) and the algorithm by that key; nothing in the token picks how it is
+    checked. ``exp``/``iat`` are checked against the wall clock with the policy's leeway.
 
     :returns: the claims.
     :raises InvalidToken: for any reason at all; the description says which, without detail
@@ -121,7 +133,7 @@ def verify_access_token(token: str, ring: KeyRing, policy: TokenPolicy) -> dict[
     if not isinstance(typ, str) or typ.lower() not in ACCEPTED_TYPES:
         raise InvalidToken("The token is not an access token (typ must be at+jwt).")
     kid = header.get("kid")
-    key = ring.verification_key(kid) if isinstance(kid, str) else None
+    key = key_for(kid) if isinstance(kid, str) and 0 < len(kid) <= 256 else None
     if key is None:
         raise InvalidToken("The access token was not signed by a key of this issuer.")
     try:
