@@ -75,11 +75,13 @@ def logout() -> Response:
     refresh_token = None
     if access_token is None or request.get_data(cache=True):
         refresh_token = read_params(form=True).text("refresh_token", required=access_token is None)
+    # A bad Bearer is refused before anything is revoked. It must verify; its session may
+    # already have ended (logout is idempotent).
+    who = svc.authenticate(access_token, require_live_session=False) if access_token else None
     if refresh_token is not None:
         svc.logout_refresh_token(refresh_token)
-    if access_token is not None:
-        # The token must verify; its session may already have ended (logout is idempotent).
-        svc.logout_caller(svc.authenticate(access_token, require_live_session=False))
+    if who is not None:
+        svc.logout_caller(who)
     response = current_app.response_class(status=204)
     response.headers.update(NO_STORE)
     return response

@@ -1,0 +1,90 @@
+"""The mini-program client (clients/miniprogram/issuer.js) against a live development issuer.
+
+The JavaScript tests run under Node's own test runner; this wraps them so that ``make test``
+covers the client too. Node is required: CI installs it, and a client nobody runs rots.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import threading
+import time
+
+import pytest
+from werkzeug.serving import make_server
+
+from issuer import create_app
+from tests.conftest import ROOT, free_port
+
+CLIENT_DIR = ROOT / "clients" / "miniprogram"
+NODE_TIMEOUT = 30  # seconds; the whole run takes about one
+
+
+@pytest.fixture
+def dev_server(tmp_path, session_keys_dir):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    app = create_app(
+        {
+            "env": "development",
+            "url": url,
+            "database_url": f"sqlite:///{tmp_path / 'dev.db'}",
+            "keys_dir": str(session_keys_dir),
+        },
+        environ={},
+    )
+    server = make_server("127.0.0.1", port, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield url
+    server.shutdown()
+    server.server_close()
+
+
+def node_binary() -> str:
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail(
+            "node is not on PATH: the mini-program client tests need Node.js 18 or newer "
+            "(https://nodejs.org); CI installs it"
+        )
+    version = subprocess.run(
+        [node, "--version"], capture_output=True, text=True, timeout=10, check=False
+    ).stdout.strip()
+    match = re.fullmatch(r"v(\d+)\..*", version)
+    if match is None or int(match.group(1)) < 18:
+        pytest.fail(f"{node} is {version or 'unknown'}: node --test needs Node.js 18 or newer")
+    return node
+
+
+def test_miniprogram_client_against_a_live_issuer(dev_server):
+    node = node_binary()
+    # Files, not the directory: Node 21+ no longer walks a directory given to --test.
+    files = sorted(str(path) for path in (CLIENT_DIR / "test").glob("*.test.js"))
+    assert files, f"no *.test.js in {CLIENT_DIR / 'test'}"
+    command = [node, "--test", "--test-reporter=tap", *files]
+    started = time.monotonic()
+    try:
+        result = subprocess.run(
+            command,
+            cwd=CLIENT_DIR,
+            env={**os.environ, "ISSUER_TEST_URL": dev_server},
+            capture_output=True,
+            text=True,
+            timeout=NODE_TIMEOUT,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as expired:
+        out = expired.stdout.decode() if isinstance(expired.stdout, bytes) else expired.stdout
+        pytest.fail(f"node --test took over {NODE_TIMEOUT} s; its output so far:\n{out or ''}")
+    elapsed = time.monotonic() - started
+    output = f"{' '.join(command)}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
+    assert result.returncode == 0, f"node --test exited {result.returncode}\n{output}"
+    passed = re.search(r"^# pass (\d+)$", result.stdout, re.MULTILINE)
+    assert passed is not None, output
+    assert int(passed.group(1)) > 0, output
+    assert re.search(r"^# fail 0$", result.stdout, re.MULTILINE), output
+    assert elapsed < NODE_TIMEOUT
