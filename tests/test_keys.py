@@ -21,19 +21,37 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from issuer.config import StartupError
-from issuer.keys import LOCK, MANIFEST, KeyDirectory, KeyFileError, KeyRing, data_key_id, thumbprint
+from issuer.keys import (
+    LOCK,
+    MANIFEST,
+    KeyDirectory,
+    KeyFileError,
+    KeyPolicy,
+    KeyRing,
+    data_key_id,
+    thumbprint,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 ALGORITHMS = ["ES256", "RS256", "EdDSA"]
 KTY = {"ES256": "EC", "RS256": "RSA", "EdDSA": "OKP"}
 PRIVATE_MEMBERS = {"d", "p", "q", "dp", "dq", "qi", "k", "oth"}
 LIFETIME = 905.0  # access token TTL + leeway
+MAX_AGE = 300.0
 T0 = 1_700_000_000.0
 
 
-def load(path: Path, alg: str = "ES256", **options: Any) -> KeyRing:
+def policy(alg: str = "ES256", **options: Any) -> KeyPolicy:
+    options.setdefault("jwks_max_age", MAX_AGE)
+    options.setdefault("rotation_days", 30)
     options.setdefault("retired_lifetime", LIFETIME)
-    return KeyDirectory(path).load(alg, **options)
+    return KeyPolicy(alg, **options)
+
+
+def load(
+    path: Path, alg: str = "ES256", *, data_key: bytes | None = None, now: float | None = None
+) -> KeyRing:
+    return KeyDirectory(path).load(policy(alg), data_key=data_key, now=now)
 
 
 def jwks(ring: KeyRing) -> dict[str, dict[str, str]]:
@@ -63,9 +81,9 @@ def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
-def one_line_error(directory: Path, alg: str = "ES256", **options: Any) -> str:
+def one_line_error(directory: Path, alg: str = "ES256") -> str:
     with pytest.raises(KeyFileError) as caught:
-        load(directory, alg, **options)
+        load(directory, alg)
     assert isinstance(caught.value, StartupError)
     message = str(caught.value)
     assert "\n" not in message, message
@@ -89,6 +107,19 @@ def test_first_load_creates_one_key_of_each_kind_with_private_modes(tmp_path: Pa
     assert ring.active.state == "active"
     assert [key.kid for key in ring.keys] == [ring.active.kid]
     assert len(ring.data_keys[ring.active_data_kid]) == 32
+
+
+def test_manifest_records_times_not_states(tmp_path: Path) -> None:
+    directory = tmp_path / "keys"
+    ring = load(directory, now=T0)
+    manifest = json.loads((directory / MANIFEST).read_bytes())
+    assert manifest == {
+        "version": 1,
+        "signing": [
+            {"kid": ring.active.kid, "alg": "ES256", "created_at": T0, "activates_at": T0}
+        ],
+        "data": {"active": ring.active_data_kid, "keys": [ring.active_data_kid]},
+    }
 
 
 def test_second_load_reuses_the_keys_and_writes_nothing(tmp_path: Path) -> None:
@@ -166,10 +197,14 @@ def test_changing_the_algorithm_retires_the_old_key_then_drops_it(tmp_path: Path
     second = load(directory, "RS256", now=changed_at)
     assert second.active.alg == "RS256"
     assert second.active.kid != old_kid
+    # The new algorithm signs at once: verifiers refetch the JWKS on its unknown kid.
+    assert second.active.activates_at == changed_at
     old = second.verification_key(old_kid)
     assert old is not None
     assert old.state == "retired"
     assert old.alg == "ES256"
+    assert old.retired_at == changed_at
+    assert second.valid_until == changed_at + LIFETIME
     assert second.active_data_kid == first.active_data_kid
     published = jwks(second)
     assert set(published) == {old_kid, second.active.kid}
@@ -188,6 +223,7 @@ def test_changing_the_algorithm_retires_the_old_key_then_drops_it(tmp_path: Path
     assert gone.active.kid == second.active.kid
     assert set(jwks(gone)) == {second.active.kid}
     assert gone.verification_key(old_kid) is None
+    assert gone.algorithms == ("RS256",)
 
 
 # -- damaged files are never replaced
@@ -218,13 +254,17 @@ def truncate_manifest(directory: Path, ring: KeyRing) -> Path:
     return path
 
 
-def retire_without_time(manifest: dict[str, Any]) -> None:
-    manifest["signing"][0]["state"] = "retired"
-    manifest["signing"][0].pop("retired_at", None)
+def set_entry(**fields: Any) -> Callable[[dict[str, Any]], None]:
+    """Overwrite fields of the first signing entry."""
+
+    def change(manifest: dict[str, Any]) -> None:
+        manifest["signing"][0].update(fields)
+
+    return change
 
 
-def misspell_state(manifest: dict[str, Any]) -> None:
-    manifest["signing"][0]["state"] = "actve"
+def unlist_active_data_key(manifest: dict[str, Any]) -> None:
+    manifest["data"]["keys"] = []
 
 
 def replace_signing_key(pem: bytes | Callable[[], bytes]) -> Callable[[Path, KeyRing], Path]:
@@ -279,8 +319,20 @@ DAMAGE = {
     "manifest without signing": edit_manifest(lambda manifest: manifest.pop("signing")),
     "manifest data not a table": edit_manifest(lambda manifest: manifest.update(data=[])),
     "manifest entry without kid": edit_manifest(lambda m: m["signing"][0].pop("kid")),
-    "manifest retired key without retired_at": edit_manifest(retire_without_time),
-    "manifest misspelled state": edit_manifest(misspell_state),
+    "manifest unknown alg": edit_manifest(set_entry(alg="HS256")),
+    "manifest alg of the wrong case": edit_manifest(set_entry(alg="es256")),
+    "manifest entry without activates_at": edit_manifest(
+        lambda m: m["signing"][0].pop("activates_at")
+    ),
+    "manifest entry without created_at": edit_manifest(lambda m: m["signing"][0].pop("created_at")),
+    "manifest activates_at a string": edit_manifest(set_entry(activates_at="2024-01-01")),
+    "manifest activates_at a boolean": edit_manifest(set_entry(activates_at=True)),
+    "manifest activates_at null": edit_manifest(set_entry(activates_at=None)),
+    "manifest revoked_at a string": edit_manifest(set_entry(revoked_at="yesterday")),
+    "manifest revoked_at a boolean": edit_manifest(set_entry(revoked_at=True)),
+    "manifest revoked_at a list": edit_manifest(set_entry(revoked_at=[T0])),
+    "manifest active data key not listed": edit_manifest(unlist_active_data_key),
+    "manifest data keys not a list": edit_manifest(lambda m: m["data"].update(keys="abc")),
     "manifest deleted, key files remain": delete_manifest,
     "signing key garbage": replace_signing_key(
         b"-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n"
@@ -380,10 +432,11 @@ def test_data_key_id_is_pinned_and_distinguishes_keys() -> None:
 CHILD = """
 import sys
 from pathlib import Path
-from issuer.keys import KeyDirectory
+from issuer.keys import KeyDirectory, KeyPolicy
 print("ready", flush=True)
 sys.stdin.readline()
-ring = KeyDirectory(Path(sys.argv[1])).load(sys.argv[2], retired_lifetime=905)
+policy = KeyPolicy(sys.argv[2], jwks_max_age=300, rotation_days=30, retired_lifetime=905)
+ring = KeyDirectory(Path(sys.argv[1])).load(policy)
 print(ring.active.kid, ring.active_data_kid, flush=True)
 """
 

@@ -230,3 +230,14 @@ def test_logout_needs_a_token(client, kwargs, status, error):
     response = client.post("/auth/logout", **kwargs)
     assert response.status_code == status
     assert response.get_json()["error"] == error
+
+
+def test_logout_with_a_bad_bearer_revokes_nothing(client, login):
+    body = login("otto")
+    response = client.post(
+        "/auth/logout",
+        json={"refresh_token": body["refresh_token"]},
+        headers={"Authorization": "Bearer not-a-jwt"},
+    )
+    assert response.status_code == 401
+    assert refresh(client, body["refresh_token"]).status_code == 200
