@@ -35,7 +35,8 @@ def decode_base64(value: str, name: str) -> bytes:
 
     :raises InvalidRequest: not base64, naming the field.
     """
-    repaired = value.strip().replace(" ", "+")
+    # Spaces first: a leading or trailing "+" that became a space is data, not padding.
+    repaired = value.replace(" ", "+").strip()
     if not BASE64_TEXT.fullmatch(repaired) or len(repaired) % 4:
         raise InvalidRequest(f"{name} is not valid base64.")
     try:
