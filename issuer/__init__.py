@@ -64,7 +64,12 @@ def create_app(
         store.close()  # each worker thread opens its own connection when it needs one
 
     wechat = WeChatClient(settings.wechat_api_base, settings.wechat_timeout)
-    sealer = LiveSealer(lambda: (keys().data_keys, keys().active_data_kid))
+
+    def data_keys() -> tuple[Mapping[str, bytes], str]:
+        ring = keys()  # once: a rotation between two reads would mix two rings
+        return ring.data_keys, ring.active_data_kid
+
+    sealer = LiveSealer(data_keys)
     service = AuthService(
         settings=settings,
         store=store,

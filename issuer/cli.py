@@ -146,8 +146,10 @@ def keys_rotate(immediately: bool) -> None:
     if immediately:
         click.echo(f"new key {kid} signs from now")
     else:
-        starts = time.time() + manager.policy.lead
-        click.echo(f"new key {kid} published; it signs from {rfc3339(starts)}")
+        status = next(
+            item for item in manager.directory.statuses(manager.policy) if item.kid == kid
+        )
+        click.echo(f"new key {kid} published; it signs from {rfc3339(status.activates_at)}")
 
 
 @keys.command("revoke")

@@ -332,11 +332,12 @@ class KeyDirectory:
         with self._locked(exclusive=True):
             manifest = self._required_manifest()
             signing = [entry for entry in manifest["signing"] if not _is_next(entry, now)]
-            self._remove_key_files(manifest["signing"], keep=signing)
             entry = self._new_signing_key(
                 policy.alg, now, now if immediately else now + policy.lead
             )
             self._write({**manifest, "signing": [*signing, entry]}, policy, now)
+            # Only once the manifest no longer names them: a failed write loses nothing.
+            self._remove_key_files(manifest["signing"], keep=signing)
         return str(entry["kid"])
 
     def revoke(self, kid: str, policy: KeyPolicy, *, now: float | None = None) -> None:
@@ -364,8 +365,8 @@ class KeyDirectory:
             for entry in signing:
                 if entry["kid"] == kid:
                     entry["revoked_at"] = now
-            (self.path / f"signing-{kid}.pem").unlink(missing_ok=True)
             self._write({**manifest, "signing": signing}, policy, now)
+            (self.path / f"signing-{kid}.pem").unlink(missing_ok=True)
 
     def add_data_key(self) -> str:
         """Make a new active data key; older ones stay for the rows they sealed."""
@@ -678,7 +679,9 @@ def _check_manifest(manifest: Any) -> None:
             if isinstance(entry[name], bool) or not isinstance(entry[name], int | float):
                 raise ValueError(f"{name} must be a number")
         revoked_at = entry.get("revoked_at")
-        if revoked_at is not None and not isinstance(revoked_at, int | float):
+        if revoked_at is not None and (
+            isinstance(revoked_at, bool) or not isinstance(revoked_at, int | float)
+        ):
             raise ValueError("revoked_at must be a number")
     data = manifest["data"]
     if not isinstance(data["keys"], list) or not all(isinstance(k, str) for k in data["keys"]):

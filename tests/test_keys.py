@@ -115,9 +115,7 @@ def test_manifest_records_times_not_states(tmp_path: Path) -> None:
     manifest = json.loads((directory / MANIFEST).read_bytes())
     assert manifest == {
         "version": 1,
-        "signing": [
-            {"kid": ring.active.kid, "alg": "ES256", "created_at": T0, "activates_at": T0}
-        ],
+        "signing": [{"kid": ring.active.kid, "alg": "ES256", "created_at": T0, "activates_at": T0}],
         "data": {"active": ring.active_data_kid, "keys": [ring.active_data_kid]},
     }
 
@@ -283,9 +281,10 @@ def truncate_signing_key(directory: Path, ring: KeyRing) -> Path:
 
 
 def private_pem(key: Any) -> bytes:
-    return key.private_bytes(
+    pem: bytes = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
+    return pem
 
 
 def public_pem() -> bytes:

@@ -1,0 +1,298 @@
+"""The operator CLI (SPEC §9), run in-process with click's CliRunner on files in tmp_path.
+
+Rows are made by a real app (on the same database and keys directory) logging users in
+through its test client against the loopback WeChat emulator.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+from flask import Flask
+
+from issuer import create_app
+from issuer.cli import main
+from issuer.emulator import WeChatEmulator
+from issuer.logs import configure_logging
+
+from .conftest import APPID
+
+COMMANDS = [
+    ["keys", "list"],
+    ["keys", "rotate"],
+    ["keys", "revoke"],
+    ["data-key", "rotate"],
+    ["db", "upgrade"],
+    ["prune"],
+    ["users", "show"],
+]
+
+
+@pytest.fixture
+def keys_dir(tmp_path: Path) -> Path:
+    return tmp_path / "keys"
+
+
+@pytest.fixture
+def database(tmp_path: Path) -> Path:
+    return tmp_path / "issuer.db"  # the file settings_for uses too
+
+
+@pytest.fixture
+def cli_env(keys_dir: Path, database: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    for name in list(os.environ):
+        if name.startswith("ISSUER_"):
+            monkeypatch.delenv(name)
+    monkeypatch.delenv("FLASK_RUN_FROM_CLI", raising=False)  # FlaskGroup sets it
+    return {
+        "ISSUER_ENV": "development",
+        "ISSUER_KEYS_DIR": str(keys_dir),
+        "ISSUER_DATABASE_URL": f"sqlite:///{database}",
+    }
+
+
+@pytest.fixture(autouse=True)
+def restore_logging() -> Iterator[None]:
+    """Each command's app logs to the runner's stderr, which is closed afterwards."""
+    yield
+    configure_logging(json_lines=True)
+    logging.getLogger("issuer").setLevel(logging.INFO)
+
+
+@pytest.fixture
+def run(cli_env: dict[str, str]) -> Callable[..., Result]:
+    """``run("keys", "list", env={...})``: the command's result; output is stdout + stderr."""
+
+    def invoke(*args: str, env: dict[str, str] | None = None) -> Result:
+        return CliRunner().invoke(main, list(args), env={**cli_env, **(env or {})})
+
+    return invoke
+
+
+def ok(result: Result) -> str:
+    assert result.exit_code == 0, (result.output, result.exception)
+    return result.output
+
+
+def one_line_failure(result: Result) -> str:
+    assert result.exit_code != 0, result.output
+    assert not isinstance(result.exception, Exception) or isinstance(
+        result.exception, SystemExit
+    ), result.exception
+    assert "Traceback" not in result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1, result.output
+    return lines[0]
+
+
+def key_table(run: Callable[..., Result]) -> dict[str, str]:
+    """``keys list`` as kid -> state."""
+    lines = ok(run("keys", "list")).strip().splitlines()
+    assert lines[0].split()[:3] == ["kid", "alg", "state"]
+    return {line.split()[0]: line.split()[2] for line in lines[1:]}
+
+
+def active_kid(table: dict[str, str]) -> str:
+    (kid,) = (kid for kid, state in table.items() if state == "active")
+    return kid
+
+
+@pytest.fixture
+def issuer_app(
+    settings_for: Callable[..., dict[str, Any]], keys_dir: Path, database: Path
+) -> Flask:
+    """A serving app on the CLI's database and keys directory, talking to loopback WeChat."""
+    app = create_app(
+        settings_for(keys_dir=str(keys_dir), database_url=f"sqlite:///{database}"), environ={}
+    )
+    app.config["TESTING"] = True
+    app.extensions["issuer"].keys.check_interval = 0
+    return app
+
+
+@pytest.fixture
+def log_in(issuer_app: Flask, wechat: WeChatEmulator) -> Callable[[str], dict[str, Any]]:
+    client = issuer_app.test_client()
+
+    def do(user: str) -> dict[str, Any]:
+        response = client.post("/auth/login", json={"code": wechat.mint_code(APPID, user)})
+        assert response.status_code == 200, response.get_json()
+        body: dict[str, Any] = response.get_json()
+        return body
+
+    return do
+
+
+# -- help
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
+def test_every_command_has_help(run: Callable[..., Result], command: list[str]) -> None:
+    output = ok(run(*command, "--help"))
+    assert "Usage:" in output
+
+
+# -- signing keys
+
+
+def test_keys_list_shows_one_active_key_on_a_fresh_directory(
+    run: Callable[..., Result], keys_dir: Path
+) -> None:
+    table = key_table(run)
+    assert list(table.values()) == ["active"]
+    assert (keys_dir / f"signing-{active_kid(table)}.pem").exists()
+
+
+def test_keys_rotate_publishes_a_next_key_and_now_promotes_it(run: Callable[..., Result]) -> None:
+    first = active_kid(key_table(run))
+
+    output = ok(run("keys", "rotate"))
+    (new,) = re.findall(r"new key (\S+)", output)
+    table = key_table(run)
+    assert table == {first: "active", new: "next"}
+
+    urgent_output = ok(run("keys", "rotate", "--now"))
+    (urgent,) = re.findall(r"new key (\S+)", urgent_output)
+    table = key_table(run)
+    # The unsigned next key was replaced; the old active key is retired, still published.
+    assert table == {first: "retired", urgent: "active"}
+
+
+def test_keys_revoke_the_active_key_keeps_signing_with_another(
+    run: Callable[..., Result], keys_dir: Path
+) -> None:
+    first = active_kid(key_table(run))
+    output = ok(run("keys", "revoke", first))
+    assert first in output
+    table = key_table(run)
+    assert active_kid(table) != first
+    assert table[first] == "revoked"
+    assert not (keys_dir / f"signing-{first}.pem").exists()
+
+
+def test_keys_revoke_an_unknown_kid_fails_in_one_line(run: Callable[..., Result]) -> None:
+    key_table(run)
+    line = one_line_failure(run("keys", "revoke", "no-such-kid"))
+    assert "no-such-kid" in line
+
+
+def test_a_corrupt_key_directory_fails_every_command_in_one_line(
+    run: Callable[..., Result], keys_dir: Path
+) -> None:
+    key_table(run)
+    (keys_dir / "keyring.json").write_text("{not json")
+    for command in (["keys", "list"], ["keys", "rotate"], ["prune"]):
+        line = one_line_failure(run(*command))
+        assert "keyring.json" in line
+    assert (keys_dir / "keyring.json").read_text() == "{not json"
+
+
+# -- data keys
+
+
+def test_data_key_rotate_reseals_existing_rows_and_drops_the_old_key(
+    run: Callable[..., Result],
+    log_in: Callable[[str], dict[str, Any]],
+    issuer_app: Flask,
+    keys_dir: Path,
+) -> None:
+    sessions = [log_in(user) for user in ("alice", "bob")]
+    store = issuer_app.extensions["issuer"].store
+    (old_kid,) = store.sealed_kid_counts()
+    stored = sum(store.sealed_kid_counts().values())
+    assert stored == 4  # two session keys, two session secrets
+
+    output = ok(run("data-key", "rotate"))
+
+    (new_kid,) = re.findall(r"new data key (\S+);", output)
+    assert re.search(rf"\b{stored} stored secrets re-sealed", output), output
+    assert store.sealed_kid_counts() == {new_kid: stored}
+    assert sorted(path.name for path in keys_dir.glob("data-*.key")) == [f"data-{new_kid}.key"]
+    assert new_kid != old_kid
+
+    # The serving app follows: its sessions refresh, its users log in again.
+    client = issuer_app.test_client()
+    for body in sessions:
+        refreshed = client.post("/auth/refresh", json={"refresh_token": body["refresh_token"]})
+        assert refreshed.status_code == 200, refreshed.get_json()
+    assert log_in("alice")["is_new_user"] is False
+
+
+def test_data_key_rotate_refuses_when_the_key_comes_from_the_environment(
+    run: Callable[..., Result], keys_dir: Path
+) -> None:
+    key_table(run)
+    files = sorted(path.name for path in keys_dir.iterdir())
+    data_key = base64.b64encode(os.urandom(32)).decode()
+    line = one_line_failure(run("data-key", "rotate", env={"ISSUER_DATA_KEY": data_key}))
+    assert "ISSUER_DATA_KEY" in line
+    assert data_key not in line
+    assert sorted(path.name for path in keys_dir.iterdir()) == files
+
+
+# -- database
+
+
+def test_db_upgrade_reports_the_schema_version(run: Callable[..., Result]) -> None:
+    output = ok(run("db", "upgrade"))
+    assert re.search(r"version \d+", output), output
+    assert ok(run("db", "upgrade")) == output
+
+
+def test_prune_removes_a_logged_out_session(
+    run: Callable[..., Result],
+    log_in: Callable[[str], dict[str, Any]],
+    issuer_app: Flask,
+) -> None:
+    gone = log_in("alice")
+    kept = log_in("bob")
+    client = issuer_app.test_client()
+    assert (
+        client.post("/auth/logout", json={"refresh_token": gone["refresh_token"]}).status_code
+        == 204
+    )
+
+    output = ok(run("prune"))
+    assert re.search(r"\b1 sessions\b", output), output
+    assert re.search(r"\b0 sessions\b", ok(run("prune")))
+    refreshed = client.post("/auth/refresh", json={"refresh_token": kept["refresh_token"]})
+    assert refreshed.status_code == 200
+
+
+# -- users
+
+
+def test_users_show_prints_identities_and_live_sessions_without_secrets(
+    run: Callable[..., Result],
+    log_in: Callable[[str], dict[str, Any]],
+    wechat: WeChatEmulator,
+) -> None:
+    body = log_in("alice")
+    log_in("alice")
+    output = ok(run("users", "show", body["user_id"]))
+    shown = json.loads(output)
+    openid, unionid = wechat.identity(APPID, "alice")
+    assert shown["user_id"] == body["user_id"]
+    assert shown["unionid"] == unionid
+    assert [(item["appid"], item["openid"]) for item in shown["identities"]] == [(APPID, openid)]
+    assert shown["live_sessions"] == 2
+    assert "session_key" not in output
+    assert "secret" not in output
+    session_key = wechat.session_key(APPID, openid)
+    assert session_key is not None
+    assert session_key not in output
+    assert body["refresh_token"] not in output
+
+
+def test_users_show_an_unknown_user_fails_in_one_line(run: Callable[..., Result]) -> None:
+    line = one_line_failure(run("users", "show", "no-such-user"))
+    assert "no-such-user" in line
