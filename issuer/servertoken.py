@@ -80,7 +80,10 @@ class ServerTokens:
             token = self._usable(app, cached, now, margin=0.0)
             if token is not None and token != rejected and not self._due(cached, now):
                 return token
-            if self.store.take_server_token_lease(app.appid, self.owner, now, now + LEASE_SECONDS):
+            seen = cached.fetched_at if cached else None
+            if self.store.take_server_token_lease(
+                app.appid, self.owner, now, now + LEASE_SECONDS, seen
+            ):
                 return self._refresh(app, rejected)
             # Someone else is refreshing: a token still inside its lifetime will do meanwhile.
             token = self._usable(app, cached, now, margin=0.0)

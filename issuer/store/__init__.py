@@ -181,10 +181,14 @@ class Store(Protocol):
 
     def get_server_token(self, appid: str) -> ServerToken | None: ...
 
-    def take_server_token_lease(self, appid: str, owner: str, now: float, until: float) -> bool:
-        """Atomically become the one process refreshing ``appid``'s token until ``until``.
+    def take_server_token_lease(
+        self, appid: str, owner: str, now: float, until: float, seen_fetched_at: float | None
+    ) -> bool:
+        """Atomically become the one process refreshing ``appid``'s token until ``until``,
+        provided nobody stored a token since the caller saw ``seen_fetched_at``.
 
-        :returns: False while another owner's lease has not run out.
+        :returns: False while another owner's lease has not run out, or when a newer token
+            than the one the caller saw is already there.
         """
         ...
 

@@ -381,13 +381,16 @@ class SQLiteStore:
         sealed = Sealed(kid, bytes(blob)) if blob is not None else None
         return ServerToken(appid_, sealed, expires_at, fetched_at, lease_until)
 
-    def take_server_token_lease(self, appid: str, owner: str, now: float, until: float) -> bool:
+    def take_server_token_lease(
+        self, appid: str, owner: str, now: float, until: float, seen_fetched_at: float | None
+    ) -> bool:
         with self._transaction() as db:
             db.execute("INSERT OR IGNORE INTO server_tokens (appid) VALUES (?)", (appid,))
             cursor = db.execute(
                 """UPDATE server_tokens SET lease_owner = ?, lease_until = ?
-                WHERE appid = ? AND (lease_until IS NULL OR lease_until <= ?)""",
-                (owner, until, appid, now),
+                WHERE appid = ? AND (lease_until IS NULL OR lease_until <= ?)
+                AND fetched_at IS ?""",
+                (owner, until, appid, now, seen_fetched_at),
             )
             return cursor.rowcount == 1
 
