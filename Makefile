@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help run serve test lint bench clean
+.PHONY: help run serve test lint bench clean node
 
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-6s %s\n", $$1, $$2}'
@@ -22,8 +22,13 @@ run: $(STAMP) ## development mode on 127.0.0.1:8000 with the WeChat emulator
 serve: $(STAMP) ## production mode under gunicorn (configure ISSUER_* first)
 	$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
 
-test: $(STAMP) ## the whole test suite
+test: $(STAMP) node ## the whole test suite
 	$(BIN)/pytest
+
+node: ## Node.js and npm for the JavaScript client and example tests (Debian's, when missing)
+	@command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || { \
+	  echo "installing Node.js and npm from Debian"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; }
 
 lint: $(STAMP) ## ruff and mypy
 	$(BIN)/ruff check .
