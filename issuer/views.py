@@ -1,12 +1,16 @@
 """HTTP endpoints of SPEC §2: parse the request, call the service, shape the JSON.
 
-Blueprints: ``auth`` (login, refresh, logout), ``api`` (``/me``), ``discovery`` (JWKS and
-metadata) and ``health``. The service, key ring getter and store come from
+Blueprints: ``auth`` (login, refresh, logout), ``api`` (``/me``), ``wechat_data``,
+``discovery`` (JWKS, metadata and the OpenAPI document ``openapi.json`` of this package) and
+``health``. The service, key ring getter and store come from
 ``current_app.extensions["issuer"]``, put there by the factory.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+from importlib import resources
 from typing import Any
 
 from flask import Blueprint, Response, current_app, request
@@ -155,6 +159,23 @@ def jwks() -> Response:
     response = current_app.response_class(ring.jwks_json, mimetype="application/jwk-set+json")
     response.set_etag(ring.jwks_etag)
     response.headers["Cache-Control"] = f"public, max-age={service().settings.jwks_max_age}"
+    response.make_conditional(request)
+    return response
+
+
+@functools.cache
+def openapi_document() -> tuple[bytes, str]:
+    """The bytes of ``issuer/openapi.json`` and their ETag, read once per process."""
+    body = resources.files("issuer").joinpath("openapi.json").read_bytes()
+    return body, hashlib.sha256(body).hexdigest()[:32]
+
+
+@discovery.get("/openapi.json")
+def openapi() -> Response:
+    body, etag = openapi_document()
+    response = current_app.response_class(body, mimetype="application/json")
+    response.set_etag(etag)
+    response.headers["Cache-Control"] = "public, max-age=3600"
     response.make_conditional(request)
     return response
 
