@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
+import textwrap
 import threading
 
 import pytest
@@ -14,7 +16,7 @@ from issuer import ConfigError, create_app
 from issuer.cli import WALKTHROUGH, main
 from issuer.config import DEVELOPMENT_APPID
 from issuer.store.sqlite import SCHEMA_VERSION
-from tests.conftest import free_port
+from tests.conftest import ROOT, free_port
 
 
 @pytest.fixture
@@ -137,3 +139,29 @@ def test_the_printed_walkthrough_works_when_pasted_into_bash(dev_server):
     assert '{"valid":true}' in out
     assert '"keys":[' in out
     assert "error" not in out
+
+
+def readme_blocks(after: str) -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index(after) :]
+    return re.findall(r"```sh\n(.*?)```", section, flags=re.DOTALL)
+
+
+def test_the_readme_walkthrough_is_the_printed_one():
+    printed = textwrap.dedent(WALKTHROUGH.format(url="http://127.0.0.1:8000").split("\n", 3)[3])
+    assert readme_blocks("## Try it")[0].strip() == printed.strip()
+
+
+def test_the_readme_curl_examples_for_the_other_endpoints_work(dev_server):
+    walkthrough, others = readme_blocks("## Try it")[:2]
+    script = "set -euo pipefail\n" + (walkthrough + others).replace(
+        "http://127.0.0.1:8000", dev_server
+    )
+    result = subprocess.run(
+        ["bash", "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert '"jwks_uri"' in result.stdout
+    assert '"openapi":"3.1.0"' in result.stdout.replace(" ", "")
+    assert re.search(r"^HTTP/1\.[01] 204", result.stdout, flags=re.MULTILINE)
+    assert re.search(r"^HTTP/1\.[01] 401", result.stdout, flags=re.MULTILINE)
