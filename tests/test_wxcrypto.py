@@ -2,7 +2,8 @@
 an ``encryptedData`` + ``iv`` pair can be malformed (SPEC §2 decrypt rows).
 
 The vectors are WeChat's official decrypt sample and signature examples, kept outside the repo
-in ``shared/vectors/wechat.json``; a missing file fails these tests, it never skips them.
+in ``tests/vectors/wechat.json`` (WeChat's official sample, as wechatpy, EasyWeChat and
+WxJava test with it); a missing file fails these tests, it never skips them.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from issuer.wxcrypto import (
     raw_data_signature,
 )
 
-VECTORS_PATH = Path(__file__).resolve().parents[2] / "shared" / "vectors" / "wechat.json"
+VECTORS_PATH = Path(__file__).resolve().parent / "vectors" / "wechat.json"
 SAMPLE_OPENID = "oGZUI0egBJY1zhBYw2KhdUfwVJJE"
 SAMPLE_APPID = "wx4f4bc4dec97d474b"
 
