@@ -1,9 +1,9 @@
 """WeChat's own cryptography (issuer.wxcrypto): the public vectors byte for byte, and every way
 an ``encryptedData`` + ``iv`` pair can be malformed (SPEC §2 decrypt rows).
 
-The vectors are WeChat's official decrypt sample and signature examples, kept outside the repo
-in ``tests/vectors/wechat.json`` (WeChat's official sample, as wechatpy, EasyWeChat and
-WxJava test with it); a missing file fails these tests, it never skips them.
+The vectors are WeChat's official decrypt sample and signature examples (the same values
+wechatpy, EasyWeChat and WxJava test with), kept in ``tests/vectors/wechat.json``; a missing
+file fails these tests, it never skips them.
 """
 
 from __future__ import annotations
