@@ -625,6 +625,31 @@ class KeyManager:
             self._refresh()
         return self._ring
 
+    def fresh(self) -> KeyRing:
+        """The ring, reloaded first if the manifest changed (one ``stat``).
+
+        For the JWKS and for unknown kids: a key another process just made active (``keys
+        rotate --now``, revoking the active key) must be published and verifiable by every
+        process before the first token it signed can reach them.
+        """
+        if self.directory.fingerprint() != self._fingerprint:
+            with self._lock:
+                if self.directory.fingerprint() != self._fingerprint:
+                    try:
+                        self._ring = self.directory.load(
+                            self.policy, data_key=self.data_key, now=self.clock()
+                        )
+                    except KeyFileError:
+                        log.exception("key directory changed but cannot be loaded")
+                    else:
+                        self._fingerprint = self.directory.fingerprint()
+                        self._checked = time.monotonic()
+        return self()
+
+    def verification_key(self, kid: str) -> SigningKey | None:
+        """The published key with this kid, looking at the directory again if it is unknown."""
+        return self().verification_key(kid) or self.fresh().verification_key(kid)
+
     def reload(self) -> KeyRing:
         """Rebuild the ring now, whatever changed."""
         with self._lock:

@@ -17,7 +17,7 @@ from typing import Any
 
 from .config import Settings, WeChatApp
 from .errors import InvalidClient, InvalidGrant, InvalidRequest, InvalidToken
-from .keys import KeyRing
+from .keys import KeyManager, KeyRing, SigningKey
 from .rotation import ChainState, Verdict, judge
 from .sealing import Seals, UnsealError, phone_aad, refresh_secret_aad, session_key_aad
 from .store import NewSession, Session, Store
@@ -335,7 +335,7 @@ class AuthService:
         :raises InvalidToken: the token does not verify, or (``require_live_session``) its
             session was logged out, revoked or has ended.
         """
-        claims = verify_access_token(access_token, self.keys().verification_key, self.policy)
+        claims = verify_access_token(access_token, self._verification_key, self.policy)
         session = self.store.get_session(claims["sid"])
         if session is None or session.user_id != claims["sub"]:
             raise InvalidToken("The session of this access token does not exist.")
@@ -343,6 +343,12 @@ class AuthService:
         if require_live_session and ended:
             raise InvalidToken("The session of this access token has ended; log in again.")
         return Caller(claims, session)
+
+    def _verification_key(self, kid: str) -> SigningKey | None:
+        found = self.keys().verification_key(kid)
+        if found is None and isinstance(self.keys, KeyManager):
+            found = self.keys.verification_key(kid)  # another process may have just made it
+        return found
 
     def profile(self, caller: Caller) -> dict[str, Any]:
         """The caller's user as ``GET /me`` shows it; unknown values are None.

@@ -84,30 +84,34 @@ class JwksCache:
         self._monotonic = monotonic
         self._keys: dict[str, PublishedKey] = {}
         self._expires = float("-inf")
-        self._fetched = float("-inf")
+        # Refetches for unknown kids are counted apart from routine refreshes: a key rotated
+        # in at once must be found even right after a routine fetch.
+        self._unknown_refetched = float("-inf")
         self.fetches = 0
         self._lock = threading.Lock()
 
     def key(self, kid: str) -> PublishedKey | None:
         """The published key with this kid, fetching the JWKS when the cache expired, or once
         (cooldown permitting) when the kid is unknown. None: not published."""
-        now = self._monotonic()
-        if now >= self._expires:
-            self._fetch(force=True)
+        refreshed = False
+        if self._monotonic() >= self._expires:
+            refreshed = self._fetch(unknown_kid=False)
         found = self._keys.get(kid)
-        if found is None and self._monotonic() - self._fetched >= self.refetch_cooldown:
-            self._fetch(force=False)
+        if found is None and not refreshed:
+            self._fetch(unknown_kid=True)
             found = self._keys.get(kid)
         return found
 
-    def _fetch(self, *, force: bool) -> None:
+    def _fetch(self, *, unknown_kid: bool) -> bool:
+        """Fetch the JWKS unless another thread just did; True when this call fetched."""
         with self._lock:
             now = self._monotonic()
-            if not force and now - self._fetched < self.refetch_cooldown:
-                return  # another thread just fetched
-            if force and now < self._expires:
-                return
-            self._fetched = now
+            if unknown_kid:
+                if now - self._unknown_refetched < self.refetch_cooldown:
+                    return False  # the floor: at most one refetch per cooldown
+                self._unknown_refetched = now
+            elif now < self._expires:
+                return False  # another thread refreshed it meanwhile
             try:
                 response = self._http.get(self.url, timeout=self.timeout)
                 response.raise_for_status()
@@ -116,10 +120,11 @@ class JwksCache:
                 # Keep the keys we have; try again after the cooldown.
                 log.warning("JWKS fetch from %s failed: %s", self.url, type(error).__name__)
                 self._expires = now + min(self.refetch_cooldown, DEFAULT_MAX_AGE)
-                return
+                return True
             self.fetches += 1
             self._keys = self._parse(document)
             self._expires = now + _max_age(response.headers.get("Cache-Control", ""))
+            return True
 
     def _parse(self, document: Any) -> dict[str, PublishedKey]:
         keys: dict[str, PublishedKey] = {}

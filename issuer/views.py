@@ -18,6 +18,7 @@ from flask import Blueprint, Response, current_app, request
 from .errors import InvalidRequest, UnsupportedGrantType
 from .http import NO_STORE, json_response, read_params
 from .http import bearer_token as read_bearer_token
+from .keys import KeyManager
 from .service import AuthService, Caller
 from .store import StoreUnavailable
 from .userdata import UserData
@@ -155,7 +156,9 @@ def session_check() -> Response:
 
 @discovery.get("/.well-known/jwks.json")
 def jwks() -> Response:
-    ring = service().keys()
+    keys = service().keys
+    # Never publish a stale set: a key another process made active must be here first.
+    ring = keys.fresh() if isinstance(keys, KeyManager) else keys()
     response = current_app.response_class(ring.jwks_json, mimetype="application/jwk-set+json")
     response.set_etag(ring.jwks_etag)
     response.headers["Cache-Control"] = f"public, max-age={service().settings.jwks_max_age}"
