@@ -13,7 +13,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from flask import Flask, Response, current_app, g, request
+from flask import Flask, Response, current_app, g, has_request_context, request
 from werkzeug.exceptions import HTTPException
 
 from .errors import (
@@ -51,6 +51,8 @@ def json_response(
 
 
 def render_error(error: IssuerError) -> Response:
+    if has_request_context():
+        g.outcome = error.error  # for the access log line
     response = json_response(error.body(), error.status_code, no_store=True)
     response.headers.update(error.headers())
     return response
@@ -141,17 +143,23 @@ def _finish_request(response: Response) -> Response:
     started = g.get("started")
     duration_ms = round((time.perf_counter() - started) * 1000, 1) if started else None
     # The path only: a query string could carry something a client should not have sent.
+    extra: dict[str, object] = {
+        "method": request.method,
+        "path": request.path,
+        "route": request.url_rule.rule if request.url_rule else None,
+        "status": response.status_code,
+        "duration_ms": duration_ms,
+        "outcome": g.get("outcome", "ok" if response.status_code < 400 else "error"),
+    }
+    if g.get("sub"):
+        extra["sub"] = g.sub
     access_log.info(
-        "%s %s %d",
+        "%s %s %d %s",
         request.method,
         request.path,
         response.status_code,
-        extra={
-            "method": request.method,
-            "path": request.path,
-            "status": response.status_code,
-            "duration_ms": duration_ms,
-        },
+        extra["outcome"],
+        extra=extra,
     )
     return response
 

@@ -55,7 +55,7 @@ class JsonFormatter(logging.Formatter):
         request_id = getattr(record, "request_id", None)
         if request_id:
             entry["request_id"] = request_id
-        for name in ("method", "path", "status", "duration_ms"):
+        for name in ("method", "path", "route", "status", "duration_ms", "outcome", "sub"):
             if hasattr(record, name):
                 entry[name] = getattr(record, name)
         if record.exc_info:

@@ -13,7 +13,7 @@ import hashlib
 from importlib import resources
 from typing import Any
 
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, current_app, g, request
 
 from .errors import InvalidRequest, UnsupportedGrantType
 from .http import NO_STORE, json_response, read_params
@@ -44,7 +44,9 @@ def caller() -> Caller:
     """The authenticated Bearer of this request, its session live."""
     token = read_bearer_token()
     assert token is not None
-    return service().authenticate(token)
+    who = service().authenticate(token)
+    g.sub = who.claims["sub"]  # for the access log line
+    return who
 
 
 # -- auth (token responses carry Cache-Control: no-store, RFC 6749 §5.1)
@@ -56,6 +58,7 @@ def login() -> Response:
     code = params.text("code")
     assert code is not None
     pair = service().login(params.text("appid", required=False), code)
+    g.sub = pair.user_id
     return json_response(pair.body(), no_store=True)
 
 
@@ -69,6 +72,7 @@ def refresh() -> Response:
     refresh_token = params.text("refresh_token")
     assert refresh_token is not None
     pair = service().refresh(refresh_token, params.text("client_id", required=False))
+    g.sub = pair.user_id
     return json_response(pair.body(), no_store=True)
 
 

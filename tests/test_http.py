@@ -116,3 +116,21 @@ def test_rate_limit_counts_per_client_address(app_factory, proxy_hops, expected)
         for address in ("203.0.113.1", "203.0.113.2", "203.0.113.1")
     ]
     assert statuses == expected
+
+
+def test_one_access_line_per_request_with_route_outcome_and_sub(client, login, caplog):
+    body = login("ada")
+    caplog.clear()
+    caplog.set_level(logging.INFO, logger="issuer.access")
+    client.get("/me", headers={"Authorization": f"Bearer {body['access_token']}"})
+    client.post("/auth/refresh", json={"refresh_token": "rt_nope"})
+    lines = [r for r in caplog.records if r.name == "issuer.access"]
+    assert len(lines) == 2
+    me, refresh = lines
+    assert (me.route, me.status, me.outcome, me.sub) == ("/me", 200, "ok", body["user_id"])
+    assert (refresh.route, refresh.status, refresh.outcome) == (
+        "/auth/refresh",
+        400,
+        "invalid_grant",
+    )
+    assert not hasattr(refresh, "sub")
