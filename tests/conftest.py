@@ -163,6 +163,28 @@ def live_server(app: Flask) -> Iterator[str]:
     server.stop()
 
 
+@pytest.fixture
+def dev_server(tmp_path: Path, session_keys_dir: Path) -> Iterator[str]:
+    """A development-mode issuer (embedded WeChat emulator) on a real loopback port."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    app = create_app(
+        {
+            "env": "development",
+            "url": url,
+            "database_url": f"sqlite:///{tmp_path / 'dev.db'}",
+            "keys_dir": str(session_keys_dir),
+        },
+        environ={},
+    )
+    server = make_server("127.0.0.1", port, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield url
+    server.shutdown()
+    server.server_close()
+
+
 # -- real gunicorn
 
 

@@ -5,39 +5,16 @@ from __future__ import annotations
 import re
 import subprocess
 import textwrap
-import threading
 
 import pytest
 import requests
 from click.testing import CliRunner
-from werkzeug.serving import make_server
 
 from issuer import ConfigError, create_app
 from issuer.cli import WALKTHROUGH, main
 from issuer.config import DEVELOPMENT_APPID
 from issuer.store.sqlite import SCHEMA_VERSION
-from tests.conftest import ROOT, free_port
-
-
-@pytest.fixture
-def dev_server(tmp_path, session_keys_dir):
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    app = create_app(
-        {
-            "env": "development",
-            "url": url,
-            "database_url": f"sqlite:///{tmp_path / 'dev.db'}",
-            "keys_dir": str(session_keys_dir),
-        },
-        environ={},
-    )
-    server = make_server("127.0.0.1", port, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield url
-    server.shutdown()
-    server.server_close()
+from tests.conftest import ROOT
 
 
 def test_walkthrough_runs_end_to_end_against_the_embedded_emulator(dev_server):

@@ -10,38 +10,14 @@ import os
 import re
 import shutil
 import subprocess
-import threading
 import time
 
 import pytest
-from werkzeug.serving import make_server
 
-from issuer import create_app
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT
 
 CLIENT_DIR = ROOT / "clients" / "miniprogram"
 NODE_TIMEOUT = 30  # seconds; the whole run takes about one
-
-
-@pytest.fixture
-def dev_server(tmp_path, session_keys_dir):
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    app = create_app(
-        {
-            "env": "development",
-            "url": url,
-            "database_url": f"sqlite:///{tmp_path / 'dev.db'}",
-            "keys_dir": str(session_keys_dir),
-        },
-        environ={},
-    )
-    server = make_server("127.0.0.1", port, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield url
-    server.shutdown()
-    server.server_close()
 
 
 def node_binary() -> str:
