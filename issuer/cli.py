@@ -9,6 +9,7 @@ line when it fails or the configuration or keys are unusable.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import time
@@ -91,7 +92,11 @@ def dev(host: str, port: int) -> None:
     from werkzeug.serving import run_simple
 
     click.echo(WALKTHROUGH.format(url=app.extensions["issuer"].settings.url.rstrip("/")))
+    click.echo(f"Serving on http://{host}:{port} (Ctrl-C stops it).")
     sys.stdout.flush()
+    # Werkzeug's request log prints whole URLs, and the emulator's jscode2session URL carries
+    # the app secret: issuer's own access log (paths only) is the one to read.
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
     # Threaded: a login calls the emulator, which this same server answers.
     run_simple(host, port, app, threaded=True, use_reloader=False)
 

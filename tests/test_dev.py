@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import textwrap
+import time
 
 import pytest
 import requests
@@ -14,7 +16,7 @@ from issuer import ConfigError, create_app
 from issuer.cli import WALKTHROUGH, main
 from issuer.config import DEVELOPMENT_APPID
 from issuer.store.sqlite import SCHEMA_VERSION
-from tests.conftest import ROOT
+from tests.conftest import ROOT, free_port
 
 
 def test_walkthrough_runs_end_to_end_against_the_embedded_emulator(dev_server):
@@ -142,3 +144,40 @@ def test_the_readme_curl_examples_for_the_other_endpoints_work(dev_server):
     assert "3.1.0\n" in result.stdout
     assert re.search(r"HTTP/1\.[01] 204", result.stdout)
     assert re.search(r"HTTP/1\.[01] 401", result.stdout)
+
+
+def test_issuer_dev_logs_no_secret_or_code(tmp_path):
+    port = free_port()
+    secret = "s3cr3t-" + "9" * 25
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("ISSUER_", "FLASK_"))},
+        "ISSUER_KEYS_DIR": str(tmp_path / "keys"),
+        "ISSUER_DATABASE_URL": f"sqlite:///{tmp_path / 'dev.db'}",
+        "ISSUER_WECHAT_APPID": "wx1234567890abcdef",
+        "ISSUER_WECHAT_SECRET": secret,
+    }
+    log = tmp_path / "dev.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [str(ROOT / ".venv" / "bin" / "issuer"), "dev", "--port", str(port)],
+            env=env, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path,
+        )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                requests.get(base + "/healthz", timeout=1)
+                break
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        code = requests.post(base + "/_wechat/dev/wx.login", data={"user": "x"}, timeout=5).json()
+        login = requests.post(base + "/auth/login", data={"code": code["code"]}, timeout=5)
+        assert login.status_code == 200
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+    output = log.read_text()
+    assert "POST /auth/login 200" in output  # the log was written: the checks below mean something
+    assert secret not in output
+    assert code["code"] not in output
+    assert login.json()["refresh_token"] not in output
