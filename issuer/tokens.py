@@ -18,6 +18,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import math
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -152,6 +153,15 @@ def verify_access_token(
         raise InvalidToken("The access token is invalid.") from None
     for name in ("sub", "client_id", "jti", "sid", "openid"):
         if not isinstance(claims.get(name), str) or not claims[name]:
+            raise InvalidToken("The access token is invalid.")
+    # RFC 7519 §2 NumericDate: a JSON number. PyJWT converts strings and booleans with int().
+    for name in ("exp", "iat", "nbf"):
+        value = claims.get(name)
+        if name in claims and (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
             raise InvalidToken("The access token is invalid.")
     if "unionid" in claims and not isinstance(claims["unionid"], str):
         raise InvalidToken("The access token is invalid.")
