@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help run serve test lint bench clean node
+.PHONY: help run serve test lint bench soak clean node
 
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-6s %s\n", $$1, $$2}'
@@ -37,6 +37,9 @@ lint: $(STAMP) ## ruff and mypy
 
 bench: $(STAMP) ## throughput against a bare Flask floor
 	$(BIN)/python -m tests.bench
+
+soak: $(STAMP) ## ten minutes of mixed load against gunicorn (not part of make test)
+	$(BIN)/python -m tests.soak
 
 clean: ## remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

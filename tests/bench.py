@@ -651,6 +651,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def issuer_server(emulator: Emulator, work: Path) -> GunicornServer:
+    """issuer (``wsgi:app``) on a SQLite file and keys in ``work``, rate limits out of reach."""
+    return GunicornServer(
+        "issuer",
+        "wsgi:app",
+        cwd=ROOT,
+        env={
+            "ISSUER_DATABASE_URL": f"sqlite:///{work / 'issuer.db'}",
+            "ISSUER_KEYS_DIR": str(work / "keys"),
+            "ISSUER_WECHAT_API_BASE": emulator.url,
+            "ISSUER_WECHAT_APPID": APPID,
+            "ISSUER_WECHAT_SECRET": SECRET,
+            "ISSUER_RATELIMIT_LOGIN": "1000000/minute",
+            "ISSUER_RATELIMIT_REFRESH": "1000000/minute",
+        },
+        ready_path="/readyz",
+        log_path=work / "issuer.log",
+    )
+
+
 def run(args: argparse.Namespace, work: Path, on_exit: Callable[..., object]) -> None:
     """Start the servers (each stopped by ``on_exit``), run the rounds, print the table."""
     emulator = Emulator()
@@ -669,22 +689,7 @@ def run(args: argparse.Namespace, work: Path, on_exit: Callable[..., object]) ->
         ready_path="/floor/static",
         log_path=work / "floor.log",
     )
-    issuer = GunicornServer(
-        "issuer",
-        "wsgi:app",
-        cwd=ROOT,
-        env={
-            "ISSUER_DATABASE_URL": f"sqlite:///{work / 'issuer.db'}",
-            "ISSUER_KEYS_DIR": str(work / "keys"),
-            "ISSUER_WECHAT_API_BASE": emulator.url,
-            "ISSUER_WECHAT_APPID": APPID,
-            "ISSUER_WECHAT_SECRET": SECRET,
-            "ISSUER_RATELIMIT_LOGIN": "1000000/minute",
-            "ISSUER_RATELIMIT_REFRESH": "1000000/minute",
-        },
-        ready_path="/readyz",
-        log_path=work / "issuer.log",
-    )
+    issuer = issuer_server(emulator, work)
     for server in (floor, issuer):
         on_exit(server.stop)
         server.start()
