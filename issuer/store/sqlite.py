@@ -107,7 +107,9 @@ SELECT_SESSION = """SELECT s.id, s.user_id, s.appid, s.openid, u.unionid, s.secr
 
 
 def new_user_id() -> str:
-    return secrets.token_urlsafe(16)
+    """``usr_`` + 128 random bits. The prefix says what the id is in a log line, and keeps an
+    id from starting with ``-``, which a command line would take for an option."""
+    return "usr_" + secrets.token_urlsafe(16)
 
 
 class SQLiteStore:
