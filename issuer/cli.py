@@ -157,7 +157,11 @@ def keys_rotate(immediately: bool) -> None:
         click.echo(f"new key {kid} published; it signs from {rfc3339(status.activates_at)}")
 
 
-@keys.command("revoke")
+# A kid is base64url and may begin with "-": take it as the argument, never as an option.
+ID_ARGUMENT = {"ignore_unknown_options": True}
+
+
+@keys.command("revoke", context_settings=ID_ARGUMENT)
 @click.argument("kid")
 @with_appcontext
 def keys_revoke(kid: str) -> None:
@@ -216,7 +220,7 @@ def users() -> None:
     """Look users up."""
 
 
-@users.command("show")
+@users.command("show", context_settings=ID_ARGUMENT)
 @click.argument("user_id")
 @with_appcontext
 def users_show(user_id: str) -> None:

@@ -296,3 +296,14 @@ def test_users_show_prints_identities_and_live_sessions_without_secrets(
 def test_users_show_an_unknown_user_fails_in_one_line(run: Callable[..., Result]) -> None:
     line = one_line_failure(run("users", "show", "no-such-user"))
     assert "no-such-user" in line
+
+
+@pytest.mark.parametrize(
+    ("command", "what"), [(("keys", "revoke"), "kid"), (("users", "show"), "user")]
+)
+def test_an_id_that_starts_with_a_dash_is_an_id_not_an_option(run, command, what):
+    # kids are base64url: about one in 64 begins with "-".
+    line = one_line_failure(run(*command, "-Abc_123"))
+    assert "-Abc_123" in line
+    assert what in line
+    assert "No such option" not in line
