@@ -23,6 +23,7 @@ from .sealing import Seals, UnsealError, phone_aad, refresh_secret_aad, session_
 from .store import NewSession, Session, Store
 from .tokens import (
     TokenPolicy,
+    VerifiedTokenCache,
     access_claims,
     mint_refresh_token,
     new_jti,
@@ -90,6 +91,7 @@ class AuthService:
         self.keys = keys
         self.sealer = sealer
         self.clock = clock
+        self._verified = VerifiedTokenCache()
         self.policy = TokenPolicy(
             issuer=settings.url,
             audience=settings.audience,
@@ -335,7 +337,15 @@ class AuthService:
         :raises InvalidToken: the token does not verify, or (``require_live_session``) its
             session was logged out, revoked or has ended.
         """
-        claims = verify_access_token(access_token, self._verification_key, self.policy)
+        claims = self._verified.get(
+            access_token,
+            now=time.time(),  # the wall clock, as PyJWT checks exp
+            leeway=self.policy.leeway,
+            key_published=lambda kid: self.keys().verification_key(kid) is not None,
+        )
+        if claims is None:
+            claims = verify_access_token(access_token, self._verification_key, self.policy)
+            self._verified.put(access_token, claims)
         session = self.store.get_session(claims["sid"])
         if session is None or session.user_id != claims["sub"]:
             raise InvalidToken("The session of this access token does not exist.")

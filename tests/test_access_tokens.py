@@ -234,3 +234,50 @@ def test_me_rejects_tokens_of_an_ended_session(client, login):
     response = client.get("/me", headers=bearer(body["access_token"]))
     assert response.status_code == 401
     assert response.get_json()["error"] == "invalid_token"
+
+
+# -- the cache of verified tokens
+
+
+def test_a_token_seen_again_is_served_from_the_cache_of_verified_tokens(app, client, login):
+    token = login("vera")["access_token"]
+    cache = app.extensions["issuer"]._verified
+    assert client.get("/me", headers=bearer(token)).status_code == 200
+    assert token in cache._entries
+    assert client.get("/me", headers=bearer(token)).status_code == 200
+    # A forgery never enters, however often it is presented.
+    forged = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
+    for _ in range(2):
+        assert client.get("/me", headers=bearer(forged)).status_code == 401
+    assert forged not in cache._entries
+
+
+def test_a_cached_token_of_a_revoked_key_is_refused(app_factory, tmp_path, wechat):
+    from issuer import key_policy
+    from issuer.keys import KeyDirectory
+
+    app = app_factory(keys_dir=str(tmp_path / "keys"))
+    client = app.test_client()
+    manager = app.extensions["issuer"].keys
+    manager.check_interval = 0
+    code = wechat.mint_code(APPID, "wim")
+    token = client.post("/auth/login", json={"code": code}).get_json()["access_token"]
+    assert client.get("/me", headers=bearer(token)).status_code == 200  # now cached
+    settings = app.extensions["issuer"].settings
+    KeyDirectory(tmp_path / "keys").revoke(manager().active.kid, key_policy(settings))
+    assert client.get("/me", headers=bearer(token)).status_code == 401
+
+
+def test_cache_entries_expire_with_the_token_and_the_cache_is_bounded():
+    from issuer.tokens import VerifiedTokenCache
+
+    cache = VerifiedTokenCache(size=2)
+    header = b64({"alg": "ES256", "kid": "k1", "typ": "at+jwt"})
+    tokens = [f"{header}.{b64({'n': n})}.sig" for n in range(3)]
+    for token in tokens:
+        cache.put(token, {"exp": 1000})
+    published = {"k1"}.__contains__
+    assert cache.get(tokens[0], now=0, leeway=5, key_published=published) is None  # evicted
+    assert cache.get(tokens[2], now=1005, leeway=5, key_published=published) == {"exp": 1000}
+    assert cache.get(tokens[2], now=1005.5, leeway=5, key_published=published) is None
+    assert cache.get(tokens[1], now=0, leeway=5, key_published=lambda kid: False) is None
