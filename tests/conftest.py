@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,29 @@ APPID = "wx1111111111111111"
 APPID2 = "wx2222222222222222"
 SECRET = secrets.token_hex(16)
 SECRET2 = "12345678901234567890123456789012"  # all digits: must stay a string
+
+
+def all_at_once(calls: Sequence[Callable[[], Any]], timeout: float = 30) -> list[Any]:
+    """Run every call in a thread of its own, all released together by a barrier.
+
+    :returns: per call, what it returned or the exception it raised.
+    """
+    barrier = threading.Barrier(len(calls))
+    outcomes: list[Any] = [None] * len(calls)
+
+    def run(index: int) -> None:
+        barrier.wait(timeout=timeout)
+        try:
+            outcomes[index] = calls[index]()
+        except BaseException as error:  # reported to the caller, not lost in the thread
+            outcomes[index] = error
+
+    threads = [threading.Thread(target=run, args=(index,)) for index in range(len(calls))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=2 * timeout)
+    return outcomes
 
 
 class FakeClock:

@@ -29,6 +29,7 @@ the ~120 cases run in a few seconds rather than building an app and a live serve
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import json
@@ -54,7 +55,7 @@ from werkzeug.serving import make_server
 from issuer import create_app
 from issuer.emulator import WeChatEmulator
 from issuer.verify import AccessTokenVerifier, InvalidAccessToken
-from tests.conftest import APPID, SECRET
+from tests.conftest import APPID, SECRET, all_at_once
 
 ISSUER = "http://issuer.test"
 # The order of the P-256 group: r and s must lie in [1, n - 1].
@@ -489,21 +490,7 @@ def test_a_burst_of_100_unknown_kids_fetches_the_jwks_at_most_once_more(arena: A
     kids = [hostile[i % len(hostile)] if i % 2 else secrets.token_urlsafe(12) for i in range(100)]
     # Signed by issuer's real key: only the kid is unknown.
     tokens = [resign(arena, {"kid": kid}, jti=secrets.token_urlsafe(16)) for kid in kids]
-    barrier = threading.Barrier(len(tokens))
-    outcomes: list[BaseException | None] = [None] * len(tokens)
-
-    def run(index: int) -> None:
-        barrier.wait(timeout=10)
-        try:
-            verifier.verify(tokens[index])
-        except BaseException as error:
-            outcomes[index] = error
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(tokens))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=30)
+    outcomes = all_at_once([functools.partial(verifier.verify, token) for token in tokens])
     assert all(isinstance(outcome, InvalidAccessToken) for outcome in outcomes), outcomes
     assert verifier.jwks.fetches <= 2
     # A second burst right after changes nothing, and the real token still verifies from

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import json
 import os
 import re
@@ -25,7 +26,7 @@ import pytest
 import requests
 
 from issuer.emulator import WeChatEmulator
-from tests.conftest import APPID, SECRET, Gunicorn
+from tests.conftest import APPID, SECRET, Gunicorn, all_at_once
 
 pytestmark = pytest.mark.slow
 
@@ -104,25 +105,18 @@ def sessions_across_workers(server: Gunicorn, n: int) -> list[requests.Session]:
 def race_refresh(server: Gunicorn, refresh_token: str, n: int) -> list[requests.Response]:
     """``n`` threads on connections held by different workers release one refresh together."""
     sessions = sessions_across_workers(server, n)
-    barrier = threading.Barrier(n)
-    answers: list[requests.Response | BaseException | None] = [None] * n
-
-    def fire(index: int) -> None:
-        barrier.wait(timeout=TIMEOUT)
-        try:
-            answers[index] = sessions[index].post(
+    answers = all_at_once(
+        [
+            functools.partial(
+                session.post,
                 server.url + "/auth/refresh",
                 json={"refresh_token": refresh_token},
                 timeout=TIMEOUT,
             )
-        except BaseException as error:  # reported below, not lost in the thread
-            answers[index] = error
-
-    threads = [threading.Thread(target=fire, args=(index,)) for index in range(n)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=2 * TIMEOUT)
+            for session in sessions
+        ],
+        timeout=TIMEOUT,
+    )
     for session in sessions:
         session.close()
     responses = [answer for answer in answers if isinstance(answer, requests.Response)]

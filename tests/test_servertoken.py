@@ -8,6 +8,7 @@ test races two real gunicorn workers against the shared session emulator.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -21,7 +22,7 @@ from issuer.emulator import SERVER_TOKEN_LIFETIME, Fault, WeChatEmulator
 from issuer.errors import UpstreamMisconfigured
 from issuer.servertoken import LEASE_SECONDS, REFETCH_INTERVAL, REFRESH_AHEAD, ServerTokens
 from issuer.store import Store
-from tests.conftest import APPID, SECRET, FakeClock, Gunicorn, ServerThread
+from tests.conftest import APPID, SECRET, FakeClock, Gunicorn, ServerThread, all_at_once
 from tests.test_gunicorn import log_in, sessions_across_workers
 
 STABLE_TOKEN = "/cgi-bin/stable_token"
@@ -274,26 +275,19 @@ def test_gunicorn_workers_share_one_server_token(gunicorn, gunicorn_env, wechat)
     codes = [wechat.mint_phone_code(APPID, user) for user in users]
     before = fetches(wechat)
     sessions = sessions_across_workers(server, N_PHONES)  # both workers take part
-    barrier = threading.Barrier(N_PHONES)
-    answers: list[requests.Response | BaseException | None] = [None] * N_PHONES
-
-    def fire(index: int) -> None:
-        barrier.wait(timeout=TIMEOUT)
-        try:
-            answers[index] = sessions[index].post(
+    answers = all_at_once(
+        [
+            functools.partial(
+                sessions[index].post,
                 server.url + "/wechat/phone",
                 json={"code": codes[index]},
                 headers={"Authorization": f"Bearer {access_tokens[index]}"},
                 timeout=TIMEOUT,
             )
-        except BaseException as error:  # reported below, not lost in the thread
-            answers[index] = error
-
-    threads = [threading.Thread(target=fire, args=(index,)) for index in range(N_PHONES)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=2 * TIMEOUT)
+            for index in range(N_PHONES)
+        ],
+        timeout=TIMEOUT,
+    )
     for session in sessions:
         session.close()
 

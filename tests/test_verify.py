@@ -11,6 +11,7 @@ verifies; a key rotated in at once verifies after one refetch; the Flask decorat
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import http.server
@@ -35,7 +36,7 @@ from werkzeug.serving import make_server
 from issuer.emulator import WeChatEmulator
 from issuer.keys import KeyDirectory, SigningKey
 from issuer.verify import AccessTokenVerifier, InvalidAccessToken, JwksCache, require_access_token
-from tests.conftest import APPID, FakeClock, free_port
+from tests.conftest import APPID, FakeClock, all_at_once, free_port
 
 ISSUER = "http://issuer.test"
 
@@ -439,22 +440,8 @@ def forged_kid_tokens(n: int) -> list[str]:
 
 def burst(verifier: AccessTokenVerifier, tokens: list[str]) -> list[BaseException | None]:
     """Verify all tokens at once from as many threads; the exception each raised."""
-    barrier = threading.Barrier(len(tokens))
-    outcomes: list[BaseException | None] = [None] * len(tokens)
-
-    def run(index: int) -> None:
-        barrier.wait(timeout=10)
-        try:
-            verifier.verify(tokens[index])
-        except BaseException as error:
-            outcomes[index] = error
-
-    threads = [threading.Thread(target=run, args=(index,)) for index in range(len(tokens))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=30)
-    return outcomes
+    outcomes = all_at_once([functools.partial(verifier.verify, token) for token in tokens])
+    return [outcome if isinstance(outcome, BaseException) else None for outcome in outcomes]
 
 
 def test_a_burst_of_unknown_kids_fetches_the_jwks_at_most_once_more(live_server, login, verifier):
