@@ -107,9 +107,7 @@ def _service() -> AuthService:
 
 
 def _manager() -> KeyManager:
-    manager = _service().keys
-    assert isinstance(manager, KeyManager)
-    return manager
+    return _service().keys
 
 
 def _when(timestamp: float | None) -> str:

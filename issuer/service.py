@@ -17,7 +17,7 @@ from typing import Any
 
 from .config import Settings, WeChatApp
 from .errors import InvalidClient, InvalidGrant, InvalidRequest, InvalidToken
-from .keys import KeyManager, KeyRing, SigningKey
+from .keys import KeyManager
 from .rotation import ChainState, Verdict, judge
 from .sealing import Seals, UnsealError, phone_aad, refresh_secret_aad, session_key_aad
 from .store import NewSession, Session, Store
@@ -81,7 +81,7 @@ class AuthService:
         settings: Settings,
         store: Store,
         wechat: WeChatClient,
-        keys: Callable[[], KeyRing],
+        keys: KeyManager,
         sealer: Seals,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -344,7 +344,7 @@ class AuthService:
             key_published=lambda kid: self.keys().verification_key(kid) is not None,
         )
         if claims is None:
-            claims = verify_access_token(access_token, self._verification_key, self.policy)
+            claims = verify_access_token(access_token, self.keys.verification_key, self.policy)
             self._verified.put(access_token, claims)
         session = self.store.get_session(claims["sid"])
         if session is None or session.user_id != claims["sub"]:
@@ -353,12 +353,6 @@ class AuthService:
         if require_live_session and ended:
             raise InvalidToken("The session of this access token has ended; log in again.")
         return Caller(claims, session)
-
-    def _verification_key(self, kid: str) -> SigningKey | None:
-        found = self.keys().verification_key(kid)
-        if found is None and isinstance(self.keys, KeyManager):
-            found = self.keys.verification_key(kid)  # another process may have just made it
-        return found
 
     def profile(self, caller: Caller) -> dict[str, Any]:
         """The caller's user as ``GET /me`` shows it; unknown values are None.

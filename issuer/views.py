@@ -18,7 +18,6 @@ from flask import Blueprint, Response, current_app, g, request
 from .errors import InvalidRequest, UnsupportedGrantType
 from .http import NO_STORE, json_response, read_params
 from .http import bearer_token as read_bearer_token
-from .keys import KeyManager
 from .service import AuthService, Caller
 from .store import StoreUnavailable
 from .userdata import UserData
@@ -160,9 +159,8 @@ def session_check() -> Response:
 
 @discovery.get("/.well-known/jwks.json")
 def jwks() -> Response:
-    keys = service().keys
     # Never publish a stale set: a key another process made active must be here first.
-    ring = keys.fresh() if isinstance(keys, KeyManager) else keys()
+    ring = service().keys.fresh()
     response = current_app.response_class(ring.jwks_json, mimetype="application/jwk-set+json")
     response.set_etag(ring.jwks_etag)
     response.headers["Cache-Control"] = f"public, max-age={service().settings.jwks_max_age}"
