@@ -111,7 +111,7 @@ class ServerTokens:
             raise
         now = self.clock()
         sealed = self.sealer.seal(fresh.token.encode(), server_token_aad(app.appid))
-        self.store.put_server_token(app.appid, self.owner, sealed, now + fresh.expires_in, now)
+        self.store.put_server_token(app.appid, sealed, now + fresh.expires_in, now)
         log.info("server access token fetched for app %s (%ds left)", app.appid, fresh.expires_in)
         return fresh.token
 

@@ -136,10 +136,6 @@ class Store(Protocol):
         ``since``, or None."""
         ...
 
-    def prune_logins(self, before: float) -> None:
-        """Forget code hashes recorded at or before ``before``."""
-        ...
-
     def get_session(self, sid: str) -> Session | None: ...
 
     def advance_session(self, sid: str, counter: int, now: float) -> bool:
@@ -192,10 +188,9 @@ class Store(Protocol):
         """
         ...
 
-    def put_server_token(
-        self, appid: str, owner: str, token: Sealed, expires_at: float, now: float
-    ) -> None:
-        """Store a fresh token and end the lease."""
+    def put_server_token(self, appid: str, token: Sealed, expires_at: float, now: float) -> None:
+        """Store a fresh token and end the lease, whoever holds it: WeChat's normal mode
+        hands every caller the same current token, so a late writer stores no other one."""
         ...
 
     def release_server_token_lease(self, appid: str, owner: str) -> None: ...

@@ -283,10 +283,6 @@ class SQLiteStore:
         )
         return None if row is None else (row[0], bool(row[1]))
 
-    def prune_logins(self, before: float) -> None:
-        with self._transaction() as db:
-            db.execute("DELETE FROM login_codes WHERE created_at <= ?", (before,))
-
     def get_session(self, sid: str) -> Session | None:
         row = self._read(SELECT_SESSION, sid)
         if row is None:
@@ -396,9 +392,7 @@ class SQLiteStore:
             )
             return cursor.rowcount == 1
 
-    def put_server_token(
-        self, appid: str, owner: str, token: Sealed, expires_at: float, now: float
-    ) -> None:
+    def put_server_token(self, appid: str, token: Sealed, expires_at: float, now: float) -> None:
         with self._transaction() as db:
             db.execute(
                 """UPDATE server_tokens SET token = ?, token_kid = ?, expires_at = ?,
