@@ -244,6 +244,8 @@ class Gunicorn:
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                # Its own process group: one killpg can take master and workers down at once.
+                start_new_session=True,
             )
         return self
 

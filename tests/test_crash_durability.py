@@ -31,8 +31,6 @@ import os
 import random
 import signal
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -46,7 +44,7 @@ import requests
 
 from issuer.emulator import WeChatEmulator
 from issuer.tokens import parse_refresh_token
-from tests.conftest import APPID, ROOT, Gunicorn
+from tests.conftest import APPID, Gunicorn
 
 pytestmark = pytest.mark.slow
 
@@ -59,8 +57,8 @@ TIMEOUT = 10
 
 
 class KillableGunicorn(Gunicorn):
-    """The conftest server, started as the leader of its own session and process group, so
-    one ``killpg`` takes master and workers down together; optionally on a given port."""
+    """The conftest server (the leader of its own process group), killed with one ``killpg``
+    that takes master and workers down together; optionally on a given port."""
 
     def __init__(self, env: dict[str, str], log_path: Path, *, port: int | None = None) -> None:
         super().__init__(env, log_path, workers=2)
@@ -68,18 +66,6 @@ class KillableGunicorn(Gunicorn):
             self.port = port
             self.url = f"http://127.0.0.1:{port}"
             self.env["ISSUER_BIND"] = f"127.0.0.1:{port}"
-
-    def start(self) -> KillableGunicorn:
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
-                cwd=ROOT,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        return self
 
     def kill_group(self) -> None:
         """SIGKILL to every process of the group at once; return when none is left running."""
