@@ -34,7 +34,6 @@ import hashlib
 import hmac
 import json
 import secrets
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -50,12 +49,11 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 )
 from flask import Flask
 from flask.testing import FlaskClient
-from werkzeug.serving import make_server
 
 from issuer import create_app
 from issuer.emulator import WeChatEmulator
 from issuer.verify import AccessTokenVerifier, InvalidAccessToken
-from tests.conftest import APPID, SECRET, all_at_once
+from tests.conftest import APPID, SECRET, ServerThread, all_at_once
 
 ISSUER = "http://issuer.test"
 # The order of the P-256 group: r and s must lie in [1, n - 1].
@@ -109,22 +107,6 @@ class Arena:
         return self.url + "/.well-known/jwks.json"
 
 
-class Served:
-    """A WSGI app on a loopback port that stops quickly (short poll interval)."""
-
-    def __init__(self, app: Any) -> None:
-        self.server = make_server("127.0.0.1", 0, app, threaded=True)
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        self.thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        )
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture(scope="module")
 def arena(
     emulator_server: tuple[WeChatEmulator, str],
@@ -152,7 +134,7 @@ def arena(
     client = app.test_client()
     response = client.post("/auth/login", json={"code": emulator.mint_code(APPID, "mallory")})
     assert response.status_code == 200, response.get_json()
-    server = Served(app)
+    server = ServerThread(app)
     verifier = AccessTokenVerifier(ISSUER, jwks_url=server.url + "/.well-known/jwks.json")
     yield Arena(app, client, server.url, response.get_json(), verifier)
     server.stop()

@@ -31,12 +31,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from flask import Flask, g, jsonify
 from jwt.algorithms import ECAlgorithm
-from werkzeug.serving import make_server
 
 from issuer.emulator import WeChatEmulator
 from issuer.keys import KeyDirectory, SigningKey
 from issuer.verify import AccessTokenVerifier, InvalidAccessToken, JwksCache, require_access_token
-from tests.conftest import APPID, FakeClock, all_at_once, free_port
+from tests.conftest import APPID, FakeClock, ServerThread, all_at_once, free_port
 
 ISSUER = "http://issuer.test"
 
@@ -119,27 +118,10 @@ def log_in(client: Any, wechat: WeChatEmulator, user: str = "alice") -> dict[str
     return body
 
 
-class Served:
-    """A WSGI app on a loopback port (threaded Werkzeug) that stops without the half-second
-    wait of ``serve_forever``'s default poll interval: this module starts many of them."""
-
-    def __init__(self, app: Any) -> None:
-        self.server = make_server("127.0.0.1", 0, app, threaded=True)
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        self.thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        )
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
 def live_server(app: Flask) -> Iterator[str]:
     """conftest's live_server, quicker to stop."""
-    server = Served(app)
+    server = ServerThread(app)
     yield server.url
     server.stop()
 
@@ -203,7 +185,7 @@ def own_keys_app(
     that notices key changes at once."""
     app = app_factory(keys_dir=str(tmp_path / "keys"), jwks_max_age=120)
     app.extensions["issuer"].keys.check_interval = 0
-    server = Served(app)
+    server = ServerThread(app)
     yield app, server.url
     server.stop()
 
@@ -503,7 +485,7 @@ def jwks_server() -> Iterator[JwksServer]:
         response.headers["Cache-Control"] = "public, max-age=300"
         return response
 
-    server = Served(app)
+    server = ServerThread(app)
     state.url = server.url + "/jwks.json"
     yield state
     server.stop()
