@@ -118,14 +118,6 @@ def log_in(client: Any, wechat: WeChatEmulator, user: str = "alice") -> dict[str
     return body
 
 
-@pytest.fixture
-def live_server(app: Flask) -> Iterator[str]:
-    """conftest's live_server, quicker to stop."""
-    server = ServerThread(app)
-    yield server.url
-    server.stop()
-
-
 class CountingSession(requests.Session):
     """A requests session that counts the HTTP requests it makes."""
 
