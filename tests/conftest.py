@@ -7,7 +7,9 @@ Test keys are generated per test session into a temporary directory, never read 
 from __future__ import annotations
 
 import os
+import re
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
@@ -54,6 +56,23 @@ def all_at_once(calls: Sequence[Callable[[], Any]], timeout: float = 30) -> list
     for thread in threads:
         thread.join(timeout=2 * timeout)
     return outcomes
+
+
+def require_node(minimum: int, purpose: str) -> str:
+    """The path of ``node``, at least version ``minimum``; the test fails (never skips) when
+    it is missing or older: ``make test`` installs it."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail(
+            f"node is not on PATH: {purpose} needs Node.js {minimum}+; make test installs it"
+        )
+    version = subprocess.run(
+        [node, "--version"], capture_output=True, text=True, timeout=10, check=False
+    ).stdout.strip()
+    match = re.fullmatch(r"v(\d+)\..*", version)
+    if match is None or int(match.group(1)) < minimum:
+        pytest.fail(f"{node} is {version or 'unknown'}: {purpose} needs Node.js {minimum}+")
+    return node
 
 
 class FakeClock:

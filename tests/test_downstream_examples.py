@@ -46,7 +46,7 @@ from cryptography.hazmat.primitives import serialization
 
 from issuer.emulator import WeChatEmulator
 from issuer.keys import KeyDirectory, KeyPolicy
-from tests.conftest import APPID, ROOT, Gunicorn, free_port
+from tests.conftest import APPID, ROOT, Gunicorn, free_port, require_node
 
 pytestmark = pytest.mark.slow
 
@@ -72,18 +72,10 @@ def clean_environ() -> dict[str, str]:
 
 
 def node_and_npm() -> tuple[str, str]:
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if node is None or npm is None:
-        pytest.fail(
-            "node and npm must be on PATH: the Node.js downstream example is tested with "
-            "Node.js 20 or newer (https://nodejs.org); CI installs it"
-        )
-    version = subprocess.run(
-        [node, "--version"], capture_output=True, text=True, timeout=10, check=False
-    ).stdout.strip()
-    match = re.fullmatch(r"v(\d+)\..*", version)
-    if match is None or int(match.group(1)) < 20:
-        pytest.fail(f"{node} is {version or 'unknown'}: the Node.js example needs Node.js 20+")
+    node = require_node(20, "the Node.js downstream example")
+    npm = shutil.which("npm")
+    if npm is None:
+        pytest.fail("npm is not on PATH: the Node.js downstream example needs it")
     return node, npm
 
 

@@ -8,32 +8,19 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import time
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, require_node
 
 CLIENT_DIR = ROOT / "clients" / "miniprogram"
 NODE_TIMEOUT = 30  # seconds; the whole run takes about one
 
 
 def node_binary() -> str:
-    node = shutil.which("node")
-    if node is None:
-        pytest.fail(
-            "node is not on PATH: the mini-program client tests need Node.js 18 or newer "
-            "(https://nodejs.org); CI installs it"
-        )
-    version = subprocess.run(
-        [node, "--version"], capture_output=True, text=True, timeout=10, check=False
-    ).stdout.strip()
-    match = re.fullmatch(r"v(\d+)\..*", version)
-    if match is None or int(match.group(1)) < 18:
-        pytest.fail(f"{node} is {version or 'unknown'}: node --test needs Node.js 18 or newer")
-    return node
+    return require_node(18, "node --test for the mini-program client")
 
 
 def test_miniprogram_client_against_a_live_issuer(dev_server):
