@@ -797,3 +797,23 @@ def test_secrets_reach_neither_logs_nor_other_responses(app, client, wechat, cap
         for response_name, body in responses:
             if response_name not in allowed:
                 assert value.encode() not in body, f"the {name} is in the {response_name} response"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [("post", "/wechat/phone", {"code": "abc"}), ("get", "/wechat/session", None)],
+)
+def test_a_token_of_an_app_no_longer_configured_is_invalid_client(
+    app_factory, wechat, method, path, body
+):
+    both = [{"appid": APPID, "secret": SECRET}, {"appid": APPID2, "secret": SECRET2}]
+    before = app_factory(apps=both).test_client()
+    code = wechat.mint_code(APPID2, "gone")
+    token = before.post("/auth/login", json={"code": code, "appid": APPID2}).get_json()
+    after = app_factory(apps=both[:1]).test_client()  # same database and keys, one app fewer
+    response = getattr(after, method)(
+        path, json=body, headers={"Authorization": f"Bearer {token['access_token']}"}
+    )
+    assert response.status_code == 400
+    assert response.get_json()["error"] == "invalid_client"
+    assert wechat.calls == ["/sns/jscode2session"]  # WeChat was not asked on its behalf
