@@ -143,6 +143,7 @@ class AuthService:
         now = self.clock()
         sid = new_session_id()
         secret = new_session_secret()
+        expires_at = now + self.settings.refresh_token_ttl
         outcome = self.store.record_login(
             appid=app.appid,
             openid=answer.openid,
@@ -154,11 +155,11 @@ class AuthService:
             session=NewSession(
                 id=sid,
                 secret=self.sealer.seal(secret, refresh_secret_aad(sid)),
-                expires_at=now + self.settings.refresh_token_ttl,
+                expires_at=expires_at,
             ),
             now=now,
             code_hash=code_hash,
-            forget_codes_before=now - window,
+            forget_codes_before=now - window if code_hash is not None else None,
         )
         log.info(
             "login app=%s user=%s sid=%s new=%s",
@@ -175,7 +176,7 @@ class AuthService:
             sid=sid,
             secret=secret,
             counter=0,
-            expires_at=now + self.settings.refresh_token_ttl,
+            expires_at=expires_at,
             now=now,
             is_new_user=outcome.is_new_user,
         )
