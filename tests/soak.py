@@ -45,6 +45,7 @@ from tests.bench import (
     SPAWN,
     WORKERS,
     Emulator,
+    interrupt,
     issuer_server,
 )
 
@@ -280,13 +281,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # SIGTERM cleans up like Ctrl-C
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started ignoring it
     threads = os.environ.get("ISSUER_THREADS", "8")
     print(
