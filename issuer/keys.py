@@ -437,12 +437,7 @@ class KeyDirectory:
         if data_key is None and not manifest["data"].get("active"):
             return True
         statuses = key_states(manifest["signing"], now, policy.retired_lifetime)
-        live = [status for status in statuses if status.state in ("active", "next")]
-        if not any(status.state == "active" for status in live):
-            return True
-        if not any(status.alg == policy.alg for status in live):
-            return True  # a new algorithm was configured
-        return _rotation_due(statuses, policy, now)
+        return _signer_missing(statuses, policy) or _rotation_due(statuses, policy, now)
 
     def _complete(
         self,
@@ -454,10 +449,7 @@ class KeyDirectory:
         manifest = manifest or {"version": MANIFEST_VERSION, "signing": [], "data": {"keys": []}}
         signing = [dict(entry) for entry in manifest["signing"]]
         statuses = key_states(signing, now, policy.retired_lifetime)
-        live = [status for status in statuses if status.state in ("active", "next")]
-        if not any(status.state == "active" for status in live) or not any(
-            status.alg == policy.alg for status in live
-        ):
+        if _signer_missing(statuses, policy):
             # First start, or a new algorithm: it signs at once; verifiers refetch the JWKS
             # on its unknown kid.
             signing.append(self._new_signing_key(policy.alg, now, now))
@@ -682,6 +674,13 @@ class KeyManager:
 
 def _is_next(entry: dict[str, Any], now: float) -> bool:
     return entry.get("revoked_at") is None and entry["activates_at"] > now
+
+
+def _signer_missing(statuses: list[KeyStatus], policy: KeyPolicy) -> bool:
+    """No key signs, or none of the configured algorithm is active or coming."""
+    live = [status for status in statuses if status.state in ("active", "next")]
+    has_active = any(status.state == "active" for status in live)
+    return not has_active or not any(status.alg == policy.alg for status in live)
 
 
 def _rotation_due(statuses: list[KeyStatus], policy: KeyPolicy, now: float) -> bool:
