@@ -606,7 +606,6 @@ class KeyManager:
         self.clock = clock
         self.check_interval = check_interval
         self._lock = threading.Lock()
-        self._fingerprint = directory.fingerprint()
         self._ring = directory.load(policy, data_key=data_key, now=clock())
         self._fingerprint = directory.fingerprint()
         self._checked = time.monotonic()
