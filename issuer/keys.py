@@ -613,7 +613,7 @@ class KeyManager:
     def __call__(self) -> KeyRing:
         """The current ring (cheap: a clock read on almost every call)."""
         if time.monotonic() - self._checked >= self.check_interval:
-            self._refresh()
+            self._refresh(blocking=False)
         return self._ring
 
     def fresh(self) -> KeyRing:
@@ -624,17 +624,7 @@ class KeyManager:
         process before the first token it signed can reach them.
         """
         if self.directory.fingerprint() != self._fingerprint:
-            with self._lock:
-                if self.directory.fingerprint() != self._fingerprint:
-                    try:
-                        self._ring = self.directory.load(
-                            self.policy, data_key=self.data_key, now=self.clock()
-                        )
-                    except KeyFileError:
-                        log.exception("key directory changed but cannot be loaded")
-                    else:
-                        self._fingerprint = self.directory.fingerprint()
-                        self._checked = time.monotonic()
+            self._refresh(blocking=True)
         return self()
 
     def verification_key(self, kid: str) -> SigningKey | None:
@@ -649,9 +639,13 @@ class KeyManager:
             self._checked = time.monotonic()
         return self._ring
 
-    def _refresh(self) -> None:
-        if not self._lock.acquire(blocking=False):
-            return  # another thread is on it; this one keeps the current ring
+    def _refresh(self, *, blocking: bool) -> None:
+        """Rebuild the ring if the manifest changed or a state change by the clock is due.
+
+        Not ``blocking``: when another thread is already at it, keep the current ring.
+        """
+        if not self._lock.acquire(blocking=blocking):
+            return
         try:
             self._checked = time.monotonic()
             fingerprint = self.directory.fingerprint()

@@ -675,9 +675,9 @@ def test_app_sealer_survives_a_data_key_rotation_between_its_ring_reads(
     refreshes = 0
     refresh = manager._refresh
 
-    def refresh_then_rotate_elsewhere() -> None:
+    def refresh_then_rotate_elsewhere(**kwargs: bool) -> None:
         nonlocal refreshes
-        refresh()
+        refresh(**kwargs)
         refreshes += 1
         if refreshes == 1:
             KeyDirectory(keys_dir).add_data_key()
