@@ -1,7 +1,8 @@
 """The operator CLI (SPEC §9), run in-process with click's CliRunner on files in tmp_path.
 
 Rows are made by a real app (on the same database and keys directory) logging users in
-through its test client against the loopback WeChat emulator.
+through its test client against the loopback WeChat emulator. The commands that work on the
+database run on SQLite and on PostgreSQL (``stores``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from issuer.emulator import WeChatEmulator
 from issuer.logs import configure_logging
 
 from .conftest import APPID
+from .pgserver import PostgresServer
 
 COMMANDS = [
     ["keys", "list"],
@@ -43,12 +45,7 @@ def keys_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def database(tmp_path: Path) -> Path:
-    return tmp_path / "issuer.db"  # the file settings_for uses too
-
-
-@pytest.fixture
-def cli_env(keys_dir: Path, database: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+def cli_env(keys_dir: Path, database_url: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     for name in list(os.environ):
         if name.startswith("ISSUER_"):
             monkeypatch.delenv(name)
@@ -56,7 +53,7 @@ def cli_env(keys_dir: Path, database: Path, monkeypatch: pytest.MonkeyPatch) -> 
     return {
         "ISSUER_ENV": "development",
         "ISSUER_KEYS_DIR": str(keys_dir),
-        "ISSUER_DATABASE_URL": f"sqlite:///{database}",
+        "ISSUER_DATABASE_URL": database_url,
     }
 
 
@@ -107,13 +104,9 @@ def active_kid(table: dict[str, str]) -> str:
 
 
 @pytest.fixture
-def issuer_app(
-    settings_for: Callable[..., dict[str, Any]], keys_dir: Path, database: Path
-) -> Flask:
+def issuer_app(settings_for: Callable[..., dict[str, Any]], keys_dir: Path) -> Flask:
     """A serving app on the CLI's database and keys directory, talking to loopback WeChat."""
-    app = create_app(
-        settings_for(keys_dir=str(keys_dir), database_url=f"sqlite:///{database}"), environ={}
-    )
+    app = create_app(settings_for(keys_dir=str(keys_dir)), environ={})
     app.config["TESTING"] = True
     app.extensions["issuer"].keys.check_interval = 0
     return app
@@ -199,6 +192,7 @@ def test_a_corrupt_key_directory_fails_every_command_in_one_line(
 # -- data keys
 
 
+@pytest.mark.stores
 def test_data_key_rotate_reseals_existing_rows_and_drops_the_old_key(
     run: Callable[..., Result],
     log_in: Callable[[str], dict[str, Any]],
@@ -242,12 +236,29 @@ def test_data_key_rotate_refuses_when_the_key_comes_from_the_environment(
 # -- database
 
 
+@pytest.mark.stores
 def test_db_upgrade_reports_the_schema_version(run: Callable[..., Result]) -> None:
     output = ok(run("db", "upgrade"))
     assert re.search(r"version \d+", output), output
     assert ok(run("db", "upgrade")) == output
 
 
+@pytest.mark.parametrize(
+    "command", [["db", "upgrade"], ["prune"], ["users", "show", "usr_x"]], ids=" ".join
+)
+def test_a_wrong_database_password_fails_in_one_line_without_it(
+    run: Callable[..., Result], postgres_server: PostgresServer, command: list[str]
+) -> None:
+    password = "not-the/password"
+    url = postgres_server.url(password=password)
+    line = one_line_failure(run(*command, env={"ISSUER_DATABASE_URL": url}))
+    assert "ISSUER_DATABASE_URL" in line
+    assert "password authentication failed" in line
+    assert password not in line
+    assert "not-the%2Fpassword" not in line
+
+
+@pytest.mark.stores
 def test_prune_removes_a_logged_out_session(
     run: Callable[..., Result],
     log_in: Callable[[str], dict[str, Any]],
@@ -271,6 +282,7 @@ def test_prune_removes_a_logged_out_session(
 # -- users
 
 
+@pytest.mark.stores
 def test_users_show_prints_identities_and_live_sessions_without_secrets(
     run: Callable[..., Result],
     log_in: Callable[[str], dict[str, Any]],
@@ -293,6 +305,7 @@ def test_users_show_prints_identities_and_live_sessions_without_secrets(
     assert body["refresh_token"] not in output
 
 
+@pytest.mark.stores
 def test_users_show_an_unknown_user_fails_in_one_line(run: Callable[..., Result]) -> None:
     line = one_line_failure(run("users", "show", "no-such-user"))
     assert "no-such-user" in line

@@ -1,4 +1,5 @@
-"""The SQLite store failing under a running app: locked, gone, or failing mid-transaction.
+"""The store failing under a running app: SQLite locked, gone, or failing mid-transaction;
+PostgreSQL stopped and started again, or failing mid-transaction.
 
 Each fault must read as SPEC §2's transient error -- 503 ``temporarily_unavailable`` JSON with
 ``Retry-After``, never a 500 or a traceback -- must leave no half-written login behind, and
@@ -14,11 +15,17 @@ must heal without restarting the app once the fault is gone.
 - Failing mid-transaction: a trigger makes one INSERT of ``record_login`` raise
   ``OperationalError`` after WeChat accepted the code and after the earlier rows of the
   same transaction were written; none of them may survive.
+- PostgreSQL stopped: a server of the test's own is shut down (as an operator's restart or a
+  failover does) and started again; issuer's pool reconnects by itself. The pool's acquire
+  timeout (``issuer.store.postgres.POOL_TIMEOUT_SECONDS``) is lowered like the busy timeout.
+- PostgreSQL failing mid-transaction: a trigger raises ``disk_full`` from inside the login's
+  transaction, as the SQLite trigger does.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import shutil
 import sqlite3
 import threading
@@ -26,21 +33,27 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import jwt
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+import issuer.store.postgres as postgres_store
 import issuer.store.sqlite as sqlite_store
 from issuer.emulator import WeChatEmulator
+from issuer.store.postgres import close_all
 from tests.conftest import APPID
+from tests.pgserver import PostgresServer, query
 
 CODE2SESSION = "/sns/jscode2session"
 TABLES = ("users", "identities", "sessions", "login_codes")
 SHORT_BUSY_TIMEOUT = 0.3
 # What must never reach a client from a database failure.
 LEAKS = ("Traceback", "sqlite", "SQLite", "OperationalError", "locked", "no such", 'File "')
+PG_LEAKS = ("Traceback", "psycopg", "PostgreSQL", "connection", "refused", "disk", 'File "')
+SHORT_POOL_TIMEOUT = 0.5
 
 
 # -- fixtures and helpers
@@ -122,7 +135,7 @@ def execute(path: Path, sql: str) -> None:
         db.execute(sql)
 
 
-def assert_unavailable(response: Any) -> None:
+def assert_unavailable(response: Any, leaks: tuple[str, ...] = LEAKS) -> None:
     """SPEC §2: a transient failure is 503 temporarily_unavailable JSON with Retry-After."""
     text = response.get_data(as_text=True)
     assert response.status_code == 503, text
@@ -135,7 +148,7 @@ def assert_unavailable(response: Any) -> None:
     assert retry_after.isdigit(), retry_after
     assert int(retry_after) >= 1
     assert response.headers["Cache-Control"] == "no-store"
-    for leak in LEAKS:
+    for leak in leaks:
         assert leak not in text, (leak, text)
 
 
@@ -343,3 +356,108 @@ def test_a_returning_users_failed_login_keeps_the_old_session_key(
     assert client.get("/me", headers=bearer(first["access_token"])).status_code == 200
     response = client.post("/auth/refresh", json={"refresh_token": first["refresh_token"]})
     assert response.status_code == 200, response.get_json()
+
+
+# -- (4) PostgreSQL stopped, and started again
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL of this test alone: stopping it disturbs no other test."""
+    server = PostgresServer()
+    yield server
+    close_all()
+    server.delete()
+
+
+@pytest.fixture
+def short_pool_timeout(monkeypatch: pytest.MonkeyPatch) -> float:
+    """Pools opened from now on give up waiting for a connection after SHORT_POOL_TIMEOUT."""
+    monkeypatch.setattr(postgres_store, "POOL_TIMEOUT_SECONDS", SHORT_POOL_TIMEOUT)
+    monkeypatch.setattr(postgres_store, "PING_TIMEOUT_SECONDS", SHORT_POOL_TIMEOUT)
+    return SHORT_POOL_TIMEOUT
+
+
+def test_a_postgresql_outage_answers_503_and_recovers_without_a_restart(
+    own_postgres: PostgresServer,
+    short_pool_timeout: float,
+    app_factory: Callable[..., Flask],
+    wechat: WeChatEmulator,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    client = app_factory(database_url=own_postgres.url()).test_client()
+    alice = log_in(client, wechat.mint_code(APPID, "alice")).get_json()
+    code = wechat.mint_code(APPID, "bob")
+    wechat.calls.clear()
+
+    own_postgres.stop()
+    try:
+        started = time.monotonic()
+        assert_unavailable(log_in(client, code), PG_LEAKS)
+        assert time.monotonic() - started < short_pool_timeout + 3  # not a hung worker
+        refresh = {"refresh_token": alice["refresh_token"]}
+        assert_unavailable(client.post("/auth/refresh", json=refresh), PG_LEAKS)
+        assert_unavailable(client.post("/auth/logout", json=refresh), PG_LEAKS)
+        assert_unavailable(client.get("/me", headers=bearer(alice["access_token"])), PG_LEAKS)
+        assert client.get("/readyz").status_code == 503
+        # The code was not spent at WeChat before the store was found unavailable.
+        assert CODE2SESSION not in wechat.calls
+    finally:
+        own_postgres.start()
+
+    # Back, without a restart: the pool reconnects by itself (its backoff between attempts
+    # is bounded, so this takes seconds however long the outage was).
+    deadline = time.monotonic() + 30
+    while client.get("/readyz").status_code != 200:
+        assert time.monotonic() < deadline, "issuer did not reconnect to PostgreSQL"
+        time.sleep(0.05)
+    response = log_in(client, code)
+    assert response.status_code == 200, response.get_json()
+    assert response.get_json()["is_new_user"] is True
+    response = client.post("/auth/refresh", json=refresh)
+    assert response.status_code == 200, response.get_json()
+    assert client.get("/me", headers=bearer(alice["access_token"])).status_code == 200
+
+    # The outage was logged, without the database password.
+    assert "database unavailable" in caplog.text
+    for secret in (own_postgres.password, quote(own_postgres.password, safe="")):
+        assert secret not in caplog.text
+
+
+# -- (5) PostgreSQL failing inside the login transaction
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+@pytest.mark.parametrize("table", TABLES)
+def test_a_postgresql_login_failing_mid_transaction_leaves_no_rows(
+    app_factory: Callable[..., Flask], database_url: str, wechat: WeChatEmulator, table: str
+) -> None:
+    client = app_factory().test_client()  # on database_url: a fresh PostgreSQL schema
+
+    def pg_counts() -> dict[str, int]:
+        return {name: query(database_url, f"SELECT count(*) FROM {name}")[0][0] for name in TABLES}
+
+    log_in(client, wechat.mint_code(APPID, "alice"))  # the database is not empty
+    before = pg_counts()
+    query(
+        database_url,
+        """CREATE FUNCTION fail() RETURNS trigger LANGUAGE plpgsql AS
+        $body$ BEGIN RAISE EXCEPTION 'no space' USING ERRCODE = 'disk_full'; END $body$""",
+    )
+    query(
+        database_url,
+        f"CREATE TRIGGER fail_insert BEFORE INSERT ON {table} FOR EACH ROW EXECUTE FUNCTION fail()",
+    )
+    wechat.calls.clear()
+    assert_unavailable(log_in(client, wechat.mint_code(APPID, "erin")), PG_LEAKS)
+    assert wechat.calls == [CODE2SESSION]  # WeChat accepted the code
+    assert pg_counts() == before
+
+    query(database_url, f"DROP TRIGGER fail_insert ON {table}")
+    response = log_in(client, wechat.mint_code(APPID, "erin"))
+    assert response.status_code == 200, response.get_json()
+    assert response.get_json()["is_new_user"] is True
+    after = pg_counts()
+    assert after["users"] == before["users"] + 1
+    assert after["sessions"] == before["sessions"] + 1

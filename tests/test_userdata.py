@@ -9,13 +9,10 @@ access tokens, and faults are injected into it, never patched into ``requests``.
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import logging
-import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import jwt
@@ -29,6 +26,11 @@ from werkzeug.test import TestResponse
 from issuer.emulator import Fault, WeChatEmulator
 from issuer.wxcrypto import check_session_signature
 from tests.conftest import APPID, APPID2, SECRET, SECRET2
+from tests.pgserver import query as database_query
+from tests.pgserver import stored_bytes
+
+# Each test runs on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.stores
 
 DECRYPT = "/wechat/decrypt"
 PHONE = "/wechat/phone"
@@ -57,24 +59,13 @@ def assert_error(response: TestResponse, status: int, error: str) -> dict[str, s
     return body
 
 
-def database_path(app: Flask) -> Path:
-    url: str = app.extensions["issuer"].settings.database_url
-    path = Path(url.removeprefix("sqlite:///"))
-    assert path.is_file()
-    return path
-
-
 def database_bytes(app: Flask) -> bytes:
-    """The SQLite file and its WAL and shared-memory files, as they lie on disk."""
-    path = database_path(app)
-    return b"".join(
-        item.read_bytes() for item in sorted(path.parent.glob(path.name + "*")) if item.is_file()
-    )
+    """What the database holds on disk (files, WAL), whichever the backend."""
+    return stored_bytes(app.extensions["issuer"].settings.database_url)
 
 
 def query(app: Flask, sql: str, *params: object) -> list[tuple[Any, ...]]:
-    with contextlib.closing(sqlite3.connect(database_path(app))) as db:
-        return db.execute(sql, params).fetchall()
+    return database_query(app.extensions["issuer"].settings.database_url, sql, *params)
 
 
 def claims(access_token: str) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """Storage contract: users, WeChat identities, login sessions and their refresh chains.
 
-The rest of issuer sees only :class:`Store` and the records below; a backend (SQLite here,
-PostgreSQL for fleets) implements it. Contract common to every backend:
+The rest of issuer sees only :class:`Store` and the records below; a backend implements it:
+SQLite (``sqlite.py``, the default) or PostgreSQL for fleets (``postgres.py``), both thin
+dialects of the SQL written once in ``sql.py``. Contract common to every backend:
 
 - a read that finds nothing returns ``None``; nothing raises for a miss;
 - every method that writes is one transaction: it happens whole or not at all;
@@ -217,12 +218,18 @@ class Store(Protocol):
         ...
 
     def close(self) -> None:
-        """Release this thread's connection."""
+        """Release the connections held for the caller: SQLite's connection of this thread,
+        PostgreSQL's pool of this process (its calls borrow a connection only while they
+        run). The next call opens what it needs."""
         ...
 
 
 def open_store(database_url: str) -> Store:
     """The backend for ``ISSUER_DATABASE_URL`` (already validated by the config)."""
+    if database_url.startswith(("postgresql://", "postgres://")):
+        from .postgres import PostgresStore
+
+        return PostgresStore.from_url(database_url)
     from .sqlite import SQLiteStore
 
     return SQLiteStore.from_url(database_url)
