@@ -12,13 +12,13 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from flask import Flask
-from flask_limiter import Limiter
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from .config import ConfigError, Settings, StartupError, load_settings
 from .keys import KeyDirectory, KeyManager, KeyPolicy
 from .logs import configure_logging
+from .metrics import Metrics
 from .sealing import LiveSealer
 from .servertoken import ServerTokens
 from .service import AuthService
@@ -63,7 +63,13 @@ def create_app(
     finally:
         store.close()  # each worker thread opens its own connection when it needs one
 
-    wechat = WeChatClient(settings.wechat_api_base, settings.wechat_timeout)
+    # Off by default; when off, nothing of prometheus_client is even imported.
+    metrics = Metrics.for_this_process() if settings.metrics else None
+    wechat = WeChatClient(
+        settings.wechat_api_base,
+        settings.wechat_timeout,
+        observe=metrics.observe_wechat if metrics else None,
+    )
 
     def data_keys() -> tuple[Mapping[str, bytes], str]:
         ring = keys()  # once: a rotation between two reads would mix two rings
@@ -77,6 +83,7 @@ def create_app(
         keys=keys,
         sealer=sealer,
         clock=clock,
+        on_reuse=metrics.refresh_token_reused if metrics else None,
     )
     app.extensions["issuer"] = service
     app.extensions["issuer.userdata"] = UserData(
@@ -90,10 +97,13 @@ def create_app(
 
     from . import http, views
 
-    http.install(app)
+    http.install(app, observe=metrics.observe_request if metrics else None)
     for blueprint in (views.auth, views.api, views.wechat_data, views.discovery, views.health):
         app.register_blueprint(blueprint)
     _install_rate_limits(app, settings)
+    if metrics is not None:
+        metrics.install(app)
+        app.extensions["issuer.metrics"] = metrics
     if settings.proxy_hops:
         app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
             app.wsgi_app, x_for=settings.proxy_hops, x_proto=settings.proxy_hops
@@ -113,23 +123,13 @@ def key_policy(settings: Settings) -> KeyPolicy:
 
 
 def _install_rate_limits(app: Flask, settings: Settings) -> None:
-    """Per client IP; ``memory://`` counts per worker process, Redis counts across all."""
-    from flask import request
+    """Per client IP; ``memory://`` counts per worker process, Redis counts across all.
 
-    limiter = Limiter(
-        key_func=lambda: request.remote_addr or "unknown",
-        storage_uri=settings.ratelimit_storage_uri,
-        headers_enabled=True,
-        key_prefix="issuer",
-    )
-    limiter.init_app(app)
-    app.extensions["issuer.limiter"] = limiter
-    for endpoint, rate in (
-        ("auth.login", settings.ratelimit_login),
-        ("auth.refresh", settings.ratelimit_refresh),
-    ):
-        view = app.view_functions[endpoint]
-        app.view_functions[endpoint] = limiter.limit(rate)(view)  # type: ignore[assignment]
+    :mod:`issuer.ratelimit` owns the limiter: storage, key prefix, Redis outages.
+    """
+    from . import ratelimit
+
+    ratelimit.install(app, settings)
 
 
 def _mount_emulator(app: Flask, settings: Settings) -> None:

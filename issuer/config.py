@@ -18,27 +18,19 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import limits
+import redis
 
 PREFIX = "ISSUER_"
 SIGNING_ALGORITHMS = ("ES256", "RS256", "EdDSA")
 APP_KINDS = ("miniprogram", "officialaccount")
 ENVIRONMENTS = ("production", "development")
-RATELIMIT_SCHEMES = (
-    "memory",
-    "redis",
-    "rediss",
-    "redis+unix",
-    "redis+cluster",
-    "redis+sentinel",
-    "memcached",
-    "mongodb",
-    "mongodb+srv",
-    "valkey",
-    "valkeys",
-)
+# Rate-limit storages issuer is tested with: one process's memory, or one Redis server (plain,
+# TLS, or a local socket). Memcached, MongoDB and Valkey need client libraries issuer does not
+# ship; Redis Cluster and Sentinel are untested here.
+RATELIMIT_SCHEMES = ("memory", "redis", "rediss", "redis+unix")
 # WeChat appids are "wx" followed by 16 hex digits.
 APPID_PATTERN = re.compile(r"wx[0-9a-fA-F]{16}")
 # The app the development emulator plays when no app is configured.
@@ -74,7 +66,7 @@ class Settings:
     env: str
     url: str
     audience: str
-    database_url: str
+    database_url: str = field(repr=False)  # a PostgreSQL URL may carry a password
     keys_dir: Path
     signing_alg: str
     access_token_ttl: int
@@ -84,12 +76,13 @@ class Settings:
     leeway: int
     ratelimit_login: str
     ratelimit_refresh: str
-    ratelimit_storage_uri: str
+    ratelimit_storage_uri: str = field(repr=False)  # may carry a Redis password
     proxy_hops: int
     wechat_api_base: str
     wechat_timeout: float
     jwks_max_age: int
     key_rotation_days: int
+    metrics: bool
     data_key: bytes | None = field(repr=False)
     apps: tuple[WeChatApp, ...]
     # The development emulator answers for WeChat (development mode, no API base given).
@@ -174,14 +167,27 @@ def _http_url(value: Any) -> str:
 
 
 def _database_url(value: Any) -> str:
+    """A SQLite path, or a PostgreSQL URL that libpq can parse (checked without connecting).
+
+    The messages never echo a PostgreSQL URL: it may carry a password.
+    """
     text = _text(value)
     if text.startswith("sqlite:///") and len(text) > len("sqlite:///"):
         return text
     if text.startswith(("postgresql://", "postgres://")):
-        raise ValueError("PostgreSQL is not supported by this version; use sqlite:///PATH")
+        # Imported here: the driver is loaded only by deployments that use it.
+        from .store.postgres import parse_url
+
+        parse_url(text)  # ValueError with the password redacted
+        return text
+    scheme = text.split("://", 1)[0] if "://" in text else ""
+    if scheme == "sqlite":
+        raise ValueError("must name a file: sqlite:///relative/path or sqlite:////absolute/path")
+    # Only a scheme-like scheme is shown: anything else may be part of a password.
+    shown = f"scheme {scheme!r}" if re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]{0,20}", scheme) else None
     raise ValueError(
-        "must be sqlite:///relative/path or sqlite:////absolute/path; "
-        f"got a value starting {text.split(':', 1)[0]!r}"
+        "must be sqlite:///relative/path, sqlite:////absolute/path or "
+        f"postgresql://user:password@host:port/dbname; got {shown or 'no URL scheme'}"
     )
 
 
@@ -196,11 +202,65 @@ def _rate_limit(value: Any) -> str:
 
 
 def _storage_uri(value: Any) -> str:
+    """``memory://``, or a Redis URI redis-py accepts, checked without connecting.
+
+    The messages never echo the URI, which may carry a password.
+    """
     text = _text(value)
-    scheme = text.split("://", 1)[0] if "://" in text else ""
+    scheme, _, rest = text.partition("://") if "://" in text else ("", "", "")
     if scheme not in RATELIMIT_SCHEMES:
-        raise ValueError(f"must be memory:// or a redis:// URI; got scheme {scheme!r}")
+        # Only a scheme-like scheme is shown: anything else may be part of a password.
+        shown = repr(scheme) if re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]{0,20}", scheme) else "none"
+        raise ValueError(
+            f"must be memory://, or a redis://, rediss:// or redis+unix:// URI; got scheme {shown}"
+        )
+    if scheme == "memory":
+        if rest:
+            raise ValueError("memory:// takes nothing after the scheme")
+        return text
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        raise ValueError("is not a valid URI (is an IPv6 host missing its ']'?)") from None
+    try:
+        port = parts.port  # parsed lazily: a bad port raises only here
+    except ValueError:
+        port = 0
+    if port == 0:
+        raise ValueError("port must be a number from 1 to 65535 (Redis listens on 6379)")
+    if parts.fragment:
+        raise ValueError("must not carry a #fragment")
+    if scheme == "redis+unix":
+        if parts.hostname or not parts.path.strip("/"):
+            raise ValueError("must name a socket path, as in redis+unix:///run/redis.sock")
+    else:
+        if not parts.hostname:
+            raise ValueError(f"names no host, as in {scheme}://cache.internal:6379/0")
+        # redis-py silently ignores a path that is not a number: refuse it here instead.
+        if parts.path not in ("", "/") and not re.fullmatch(r"/[0-9]{1,5}", parts.path):
+            raise ValueError(f"path must be a database number, as in {scheme}://host:6379/0")
+    # The query (?socket_timeout=2 ...) is redis-py's to judge: build, without connecting,
+    # the connection it would make.
+    try:
+        pool = redis.ConnectionPool.from_url(text.replace("redis+unix://", "unix://", 1))
+        pool.connection_class(**pool.connection_kwargs)
+    except (TypeError, ValueError):
+        names = ", ".join(sorted({name for name, _ in parse_qsl(parts.query)})) or "none"
+        raise ValueError(
+            f"has a query option redis does not take, or a bad value (options: {names})"
+        ) from None
     return text
+
+
+def _boolean(value: Any) -> bool:
+    if isinstance(value, bool):  # TOML true / false
+        return value
+    text = _text(value).lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"must be true or false (1/0, yes/no, on/off); got {text!r}")
 
 
 def _data_key(value: Any) -> bytes:
@@ -238,6 +298,7 @@ SETTINGS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "wechat_timeout": (_seconds(0.1, 60), 5.0),
     "jwks_max_age": (_whole(0, 86_400), 300),
     "key_rotation_days": (_whole(0, 3650), 30),
+    "metrics": (_boolean, False),
     "data_key": (_data_key, None),
 }
 # Read from the environment only: it names the file, so the file cannot set it.

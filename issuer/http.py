@@ -10,10 +10,11 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from flask import Flask, Response, current_app, g, has_request_context, request
+from limits.errors import StorageError
 from werkzeug.exceptions import HTTPException
 
 from .errors import (
@@ -37,6 +38,10 @@ MAX_BODY_BYTES = 16 * 1024
 JSON = "application/json"
 FORM = "application/x-www-form-urlencoded"
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+# Told of every finished request when metrics are on: (URL rule or None, outcome, whether
+# issuer's own rate limit refused it). Kept in app.extensions under this key.
+RequestObserver = Callable[[str | None, str, bool], None]
+REQUEST_OBSERVER = "issuer.request_observer"
 
 
 def json_response(
@@ -142,14 +147,16 @@ def _finish_request(response: Response) -> Response:
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     started = g.get("started")
     duration_ms = round((time.perf_counter() - started) * 1000, 1) if started else None
+    route = request.url_rule.rule if request.url_rule else None
+    outcome: str = g.get("outcome", "ok" if response.status_code < 400 else "error")
     # The path only: a query string could carry something a client should not have sent.
     extra: dict[str, object] = {
         "method": request.method,
         "path": request.path,
-        "route": request.url_rule.rule if request.url_rule else None,
+        "route": route,
         "status": response.status_code,
         "duration_ms": duration_ms,
-        "outcome": g.get("outcome", "ok" if response.status_code < 400 else "error"),
+        "outcome": outcome,
     }
     if g.get("sub"):
         extra["sub"] = g.sub
@@ -161,6 +168,9 @@ def _finish_request(response: Response) -> Response:
         extra["outcome"],
         extra=extra,
     )
+    observe: RequestObserver | None = current_app.extensions.get(REQUEST_OBSERVER)
+    if observe is not None:
+        observe(route, outcome, g.get("rate_limited", False))
     return response
 
 
@@ -174,6 +184,8 @@ def _http_exception(exception: HTTPException) -> Response:
     elif code == 413:
         error = RequestTooLarge()
     elif code == 429:
+        # Only flask-limiter raises a 429 HTTPException; WeChat's 45011 is a SlowDown error.
+        g.rate_limited = True
         error = SlowDown(
             "Too many requests from this address; retry later.", retry_after=_limiter_retry_after()
         )
@@ -194,7 +206,11 @@ def _limiter_retry_after() -> int:
     current = getattr(limiter, "current_limit", None)
     if current is None:
         return 60
-    return max(1, int(current.reset_at - time.time()))
+    try:
+        reset_at = current.reset_at  # asks the limit storage once more
+    except StorageError:  # Redis went away between counting this request and answering it
+        return 60
+    return max(1, int(reset_at - time.time()))
 
 
 def _store_unavailable(exception: StoreUnavailable) -> Response:
@@ -210,9 +226,15 @@ def _unexpected(exception: BaseException) -> Response:
     return render_error(ServerError(request_id))
 
 
-def install(app: Flask) -> None:
-    """Bind the hooks and error handlers of this module to ``app``."""
+def install(app: Flask, *, observe: RequestObserver | None = None) -> None:
+    """Bind the hooks and error handlers of this module to ``app``.
+
+    :param observe: told of every finished request (metrics); without one a request pays
+        one dictionary lookup for it.
+    """
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    if observe is not None:
+        app.extensions[REQUEST_OBSERVER] = observe
     app.before_request(_start_request)
     app.after_request(_finish_request)
     app.register_error_handler(IssuerError, render_error)

@@ -84,13 +84,16 @@ class AuthService:
         keys: KeyManager,
         sealer: Seals,
         clock: Callable[[], float] = time.time,
+        on_reuse: Callable[[], None] | None = None,
     ) -> None:
+        """:param on_reuse: told of each session revoked for refresh-token reuse (metrics)."""
         self.settings = settings
         self.store = store
         self.wechat = wechat
         self.keys = keys
         self.sealer = sealer
         self.clock = clock
+        self._on_reuse = on_reuse
         self._verified = VerifiedTokenCache()
         self.policy = TokenPolicy(
             issuer=settings.url,
@@ -242,6 +245,8 @@ class AuthService:
                     session.id,
                     session.user_id,
                 )
+                if self._on_reuse is not None:
+                    self._on_reuse()
                 raise InvalidGrant("The refresh token was already used; log in again.")
             break
         raise InvalidGrant("The refresh token is expired or revoked; log in again.")

@@ -52,6 +52,19 @@ BUSY_RETRY_DELAY = 0.2
 RATE_LIMIT_RETRY_AFTER = 60
 # WeChat's answers are a few hundred bytes; anything far larger is not one.
 MAX_ANSWER_BYTES = 64 * 1024
+# The errcodes this client knows by number; metrics label any other as "other", so an
+# upstream answering arbitrary numbers cannot grow the set of label values.
+KNOWN_ERRCODES = frozenset(
+    {0, BUSY, INVALID_CODE, CODE_USED, HIGH_RISK_USER, INVALID_SIGNATURE, RATE_LIMITED}
+    | TOKEN_REJECTED
+    | CREDENTIAL_ERRCODES
+)
+
+# Told of every HTTP exchange with WeChat: (API path, result, seconds). The result is the
+# errcode answered ("0" for success, "other" for one not in KNOWN_ERRCODES), or "timeout",
+# "transport" (no answer), "bad_status" (not HTTP 200) or "bad_response" (not a WeChat
+# answer) when there was no errcode to read.
+WeChatObserver = Callable[[str, str, float], None]
 
 
 class _Deadline(Exception):
@@ -102,10 +115,12 @@ class WeChatClient:
         *,
         sleep: Callable[[float], None] = time.sleep,
         pool_size: int = 16,
+        observe: WeChatObserver | None = None,
     ) -> None:
         self.api_base = api_base.rstrip("/")
         self.timeout = timeout
         self._sleep = sleep
+        self._observe = observe
         self._pool_size = pool_size
         self._local_pid: int | None = None
         self._session: requests.Session | None = None
@@ -313,14 +328,17 @@ class WeChatClient:
             with response:
                 content = self._read_body(response, deadline=started + self.timeout)
         except (requests.Timeout, _Deadline, ReadTimeoutError):
+            self._observed(path, "timeout", started)
             log.warning("WeChat %s timed out after %.1fs (app %s)", path, self.timeout, appid)
             raise UpstreamTimeout() from None
         except (requests.RequestException, HTTPError) as error:
+            self._observed(path, "transport", started)
             # The exception text can embed the URL, hence secrets: log only its type.
             log.warning("WeChat %s unreachable (app %s): %s", path, appid, type(error).__name__)
             raise TemporarilyUnavailable("WeChat could not be reached; retry shortly.") from None
         elapsed = time.monotonic() - started
         if response.status_code != 200:
+            self._observed(path, "bad_status", started)
             log.warning(
                 "WeChat %s answered HTTP %d in %.3fs (app %s)",
                 path,
@@ -334,10 +352,12 @@ class WeChatClient:
         except (ValueError, UnicodeDecodeError, RecursionError):
             body = None
         if not isinstance(body, dict) or not isinstance(body.get("errcode", 0), int | None):
+            self._observed(path, "bad_response", started)
             log.warning(
                 "WeChat %s answered a body that is not a WeChat answer (app %s)", path, appid
             )
             raise TemporarilyUnavailable("WeChat sent an unusable answer; retry shortly.")
+        self._observed(path, errcode_label(body.get("errcode")), started)
         log.debug(
             "WeChat %s answered errcode %s in %.3fs (app %s)",
             path,
@@ -346,6 +366,10 @@ class WeChatClient:
             appid,
         )
         return body
+
+    def _observed(self, path: str, result: str, started: float) -> None:
+        if self._observe is not None:
+            self._observe(path, result, time.monotonic() - started)
 
     @staticmethod
     def _read_body(response: requests.Response, deadline: float) -> bytes | None:
@@ -391,6 +415,15 @@ class WeChatClient:
     def close(self) -> None:
         if self._session is not None:
             self._session.close()
+
+
+def errcode_label(errcode: object) -> str:
+    """The metrics label of an answered errcode: its number if known, else ``other``."""
+    if errcode is None:  # absent: success, as in _call
+        return "0"
+    if isinstance(errcode, int) and not isinstance(errcode, bool) and errcode in KNOWN_ERRCODES:
+        return str(errcode)
+    return "other"
 
 
 def _text(value: object) -> bool:

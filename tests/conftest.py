@@ -27,6 +27,8 @@ from werkzeug.serving import BaseWSGIServer, make_server
 
 from issuer import create_app
 from issuer.emulator import WeChatEmulator
+from tests.pgserver import postgres_server  # noqa: F401
+from tests.redisserver import redis_factory, redis_server, redis_url  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
 APPID = "wx1111111111111111"
@@ -138,17 +140,52 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
+# -- the database: SQLite by default; both backends for tests marked `stores`
+
+BACKENDS = ("sqlite", "postgresql")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "stores: run the test once per database backend (SQLite and PostgreSQL)"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test marked ``stores`` that uses the database (``database_url``, directly or through
+    the app fixtures) runs on each backend; every other test keeps SQLite alone."""
+    if metafunc.definition.get_closest_marker("stores") and "backend" in metafunc.fixturenames:
+        metafunc.parametrize("backend", BACKENDS)
+
+
+@pytest.fixture
+def backend() -> str:
+    return "sqlite"
+
+
+@pytest.fixture
+def database_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
+    """The test's empty database: a SQLite file in tmp_path, or a fresh schema of the
+    session's throwaway PostgreSQL (started only when a test needs it)."""
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp_path / 'issuer.db'}"
+        return
+    server = request.getfixturevalue("postgres_server")
+    with server.fresh_schema() as url:
+        yield url
+
+
 @pytest.fixture
 def settings_for(
-    tmp_path: Path, wechat_url: str, session_keys_dir: Path
+    tmp_path: Path, wechat_url: str, session_keys_dir: Path, database_url: str
 ) -> Callable[..., dict[str, Any]]:
-    """Settings for a test app: loopback WeChat, a SQLite file in tmp_path, session keys."""
+    """Settings for a test app: loopback WeChat, the test's database, session keys."""
 
     def build(**overrides: Any) -> dict[str, Any]:
         config: dict[str, Any] = {
             "env": "production",
             "url": "http://issuer.test",
-            "database_url": f"sqlite:///{tmp_path / 'issuer.db'}",
+            "database_url": database_url,
             "keys_dir": str(session_keys_dir),
             "wechat_api_base": wechat_url,
             "wechat_timeout": 2,

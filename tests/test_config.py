@@ -6,6 +6,7 @@ Every test passes an explicit ``environ``; the process environment is never read
 from __future__ import annotations
 
 import base64
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,9 @@ INVALID = [
     ("ISSUER_URL", "https://issuer.example/?tenant=1"),
     ("ISSUER_URL", "https://issuer.example/#top"),
     ("ISSUER_DATABASE_URL", "mysql://user@db.example/issuer"),
-    ("ISSUER_DATABASE_URL", "postgresql://user@db.example/issuer"),
+    ("ISSUER_DATABASE_URL", "postgresql://user@db.example/issuer?no_such_option=1"),
+    ("ISSUER_DATABASE_URL", "postgres://user@db.example/issuer?sslmode"),
+    ("ISSUER_DATABASE_URL", "postgresql:/db.example/issuer"),
     ("ISSUER_DATABASE_URL", "sqlite:///"),
     ("ISSUER_DATABASE_URL", "instance/issuer.db"),
     ("ISSUER_SIGNING_ALG", "HS256"),
@@ -93,6 +96,9 @@ INVALID = [
     ("ISSUER_JWKS_MAX_AGE", "x"),
     ("ISSUER_KEY_ROTATION_DAYS", "-1"),
     ("ISSUER_KEY_ROTATION_DAYS", "x"),
+    ("ISSUER_METRICS", "maybe"),
+    ("ISSUER_METRICS", "2"),
+    ("ISSUER_METRICS", ""),
     ("ISSUER_DATA_KEY", "not base64 at all!"),
     ("ISSUER_DATA_KEY", base64.b64encode(bytes(range(16))).decode()),
     ("ISSUER_DATA_KEY", base64.b64encode(bytes(range(33))).decode()),
@@ -125,6 +131,135 @@ def test_data_key_error_does_not_echo_the_key() -> None:
     short_key = base64.b64encode(b"sixteen byte key").decode()
     message = config_error({**BASE, "ISSUER_DATA_KEY": short_key})
     assert short_key not in message
+
+
+# -- the rate-limit storage URI: checked whole at start-up, never echoed (it may hold a password)
+
+STORAGE_PASSWORD = "s3cret-redis-pw"
+INVALID_STORAGE_URIS = [
+    "memcached://127.0.0.1:11211",  # a storage issuer does not ship the client of
+    "mongodb://127.0.0.1:27017",
+    "redis+sentinel://127.0.0.1:26379/issuer",
+    "valkey://127.0.0.1:6379",
+    "memory://elsewhere",
+    f"redis//:{STORAGE_PASSWORD}@db7.example:6379",  # no "://"
+    f"redis://:{STORAGE_PASSWORD}@",  # no host
+    f"redis://:{STORAGE_PASSWORD}@db7.example:port/0",
+    f"redis://:{STORAGE_PASSWORD}@db7.example:65536/0",
+    f"redis://:{STORAGE_PASSWORD}@db7.example:0/0",
+    f"redis://:{STORAGE_PASSWORD}@[::1/0",  # unparsable host
+    f"redis://:{STORAGE_PASSWORD}@db7.example:6379/zero",
+    f"redis://:{STORAGE_PASSWORD}@db7.example:6379/0/1",
+    f"redis://:{STORAGE_PASSWORD}@db7.example:6379/0?socket_timeout=soon",
+    f"redis://:{STORAGE_PASSWORD}@db7.example:6379/0?no_such_option=1",
+    f"redis://:{STORAGE_PASSWORD}@db7.example:6379/0#frag",
+    f"rediss://:{STORAGE_PASSWORD}@:6380",
+    f"redis+unix://:{STORAGE_PASSWORD}@",  # no socket path
+]
+
+
+@pytest.mark.parametrize("uri", INVALID_STORAGE_URIS)
+def test_bad_storage_uri_is_refused_in_one_line_without_echoing_it(uri: str) -> None:
+    message = config_error({**BASE, "ISSUER_RATELIMIT_STORAGE_URI": uri})
+    assert message.startswith("ISSUER_RATELIMIT_STORAGE_URI: ")
+    assert STORAGE_PASSWORD not in message
+    assert "db7" not in message
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "memory://",
+        f"redis://:{STORAGE_PASSWORD}@cache.internal:6379/0",
+        "redis://issuer:pw@cache.internal/15",  # an ACL user; port 6379 by default
+        "rediss://cache.internal:6380",
+        "redis://[::1]:6379/",
+        "redis://cache.internal:6379/0?socket_timeout=0.5&socket_connect_timeout=0.5",
+        "redis+unix:///run/redis/redis.sock?db=1",
+    ],
+)
+def test_good_storage_uri_is_taken_as_written(uri: str) -> None:
+    assert load({**BASE, "ISSUER_RATELIMIT_STORAGE_URI": uri}).ratelimit_storage_uri == uri
+
+
+def test_settings_repr_hides_the_storage_uri() -> None:
+    uri = f"redis://:{STORAGE_PASSWORD}@cache.internal:6379/0"
+    assert STORAGE_PASSWORD not in repr(load({**BASE, "ISSUER_RATELIMIT_STORAGE_URI": uri}))
+
+
+# -- the database URL: a PostgreSQL URL is parsed by libpq at start-up, never echoed
+
+DATABASE_PASSWORD = "pg-s3cret/pw"
+QUOTED_PASSWORD = "pg-s3cret%2Fpw"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://issuer@db.example/issuer",
+        "postgres://issuer@db.example:5433/issuer",
+        f"postgresql://issuer:{QUOTED_PASSWORD}@db.example/issuer?sslmode=require",
+        "postgresql://issuer@db1.example,db2.example/issuer?target_session_attrs=read-write",
+        "postgresql:///issuer?host=/run/postgresql",
+        "postgresql://issuer@[::1]/issuer?options=-c%20statement_timeout%3D2000",
+    ],
+)
+def test_postgresql_urls_are_taken_as_written(url: str) -> None:
+    assert load({**BASE, "ISSUER_DATABASE_URL": url}).database_url == url
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"postgresql://issuer:{QUOTED_PASSWORD}@db7.example/issuer?no_such_option=1",
+        f"postgresql://issuer:{QUOTED_PASSWORD}@[::1/issuer",  # libpq echoes this URL
+        f"postgresql://issuer:{QUOTED_PASSWORD}%zz@db7.example/issuer",
+        f"postgres://issuer:{QUOTED_PASSWORD}@db7.example/issuer?sslmode",
+    ],
+)
+def test_a_bad_postgresql_url_is_refused_without_its_password(url: str) -> None:
+    message = config_error({**BASE, "ISSUER_DATABASE_URL": url})
+    assert message.startswith("ISSUER_DATABASE_URL: ")
+    assert "PostgreSQL URL" in message
+    assert QUOTED_PASSWORD not in message
+    assert DATABASE_PASSWORD not in message
+
+
+@pytest.mark.parametrize(
+    "url", [f"issuer:{DATABASE_PASSWORD}@db7.example/issuer", f"{DATABASE_PASSWORD}@db7.example"]
+)
+def test_a_database_url_without_a_scheme_is_not_echoed(url: str) -> None:
+    message = config_error({**BASE, "ISSUER_DATABASE_URL": url})
+    assert "no URL scheme" in message
+    assert DATABASE_PASSWORD not in message
+    assert "db7" not in message
+
+
+def test_settings_repr_hides_the_database_url() -> None:
+    url = f"postgresql://issuer:{QUOTED_PASSWORD}@db.example/issuer"
+    text = repr(load({**BASE, "ISSUER_DATABASE_URL": url}))
+    assert QUOTED_PASSWORD not in text
+    assert DATABASE_PASSWORD not in text
+
+
+def test_an_unreachable_postgresql_stops_start_up_in_one_line(tmp_path: Path) -> None:
+    with socket.socket() as probe:  # a loopback port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"postgresql://issuer:{QUOTED_PASSWORD}@127.0.0.1:{port}/issuer"
+    config = {
+        "keys_dir": str(tmp_path / "keys"),
+        "database_url": url,
+        "apps": [{"appid": APPID, "secret": SECRET}],
+    }
+    with pytest.raises(StartupError) as caught:
+        create_app(config, environ={})
+    message = str(caught.value)
+    assert message.startswith("ISSUER_DATABASE_URL: cannot open the database: ")
+    assert "refused" in message
+    assert "\n" not in message
+    assert QUOTED_PASSWORD not in message
+    assert DATABASE_PASSWORD not in message
 
 
 # -- WeChat apps
@@ -212,6 +347,7 @@ DEFAULTS = [
     ("wechat_timeout", 5),
     ("jwks_max_age", 300),
     ("key_rotation_days", 30),
+    ("metrics", False),
     ("data_key", None),
     ("emulate_wechat", False),
 ]
@@ -248,6 +384,11 @@ def test_audience_follows_the_url_unless_set() -> None:
         ("ISSUER_LEEWAY", "0", "leeway", 0),
         ("ISSUER_KEY_ROTATION_DAYS", "0", "key_rotation_days", 0),
         ("ISSUER_SIGNING_ALG", "EdDSA", "signing_alg", "EdDSA"),
+        ("ISSUER_METRICS", "1", "metrics", True),
+        ("ISSUER_METRICS", "True", "metrics", True),
+        ("ISSUER_METRICS", " on ", "metrics", True),
+        ("ISSUER_METRICS", "0", "metrics", False),
+        ("ISSUER_METRICS", "no", "metrics", False),
         ("ISSUER_DATABASE_URL", "sqlite:////var/lib/issuer.db", "database_url", None),
         ("ISSUER_RATELIMIT_STORAGE_URI", "redis://cache:6379/0", "ratelimit_storage_uri", None),
         (
@@ -308,6 +449,19 @@ kind = "officialaccount"
         (APPID2, "mini-secret", "miniprogram"),
         (APPID3, "oa-secret", "officialaccount"),
     ]
+
+
+@pytest.mark.parametrize(("text", "expected"), [("true", True), ("false", False), ('"on"', True)])
+def test_file_sets_metrics_as_a_toml_boolean(tmp_path: Path, text: str, expected: bool) -> None:
+    path = write_toml(tmp_path, f"metrics = {text}\n")
+    assert load({**BASE, "ISSUER_CONFIG": str(path)}).metrics is expected
+
+
+def test_malformed_metrics_in_the_file_names_variable_and_file(tmp_path: Path) -> None:
+    path = write_toml(tmp_path, 'metrics = "sometimes"\n')
+    message = config_error({**BASE, "ISSUER_CONFIG": str(path)})
+    assert "ISSUER_METRICS" in message
+    assert str(path) in message
 
 
 def test_environment_wins_over_the_file_and_overrides_over_both(tmp_path: Path) -> None:
@@ -466,7 +620,7 @@ def test_production_never_emulates() -> None:
     [
         ({"leeway": 31}, "ISSUER_LEEWAY"),
         ({"signing_alg": "none"}, "ISSUER_SIGNING_ALG"),
-        ({"database_url": "postgresql://db.example/issuer"}, "ISSUER_DATABASE_URL"),
+        ({"database_url": "postgresql://db.example/issuer?bogus=1"}, "ISSUER_DATABASE_URL"),
         ({"data_key": "c2hvcnQ="}, "ISSUER_DATA_KEY"),
         ({"apps": []}, "ISSUER_WECHAT_APPID"),
     ],
