@@ -90,7 +90,9 @@ def raw_data_signature(raw_data: str, session_key: str) -> str:
 def raw_data_matches(raw_data: str, signature: str, session_key: str) -> bool:
     """Constant-time check of a ``rawData`` signature."""
     expected = raw_data_signature(raw_data, session_key)
-    return hmac.compare_digest(expected, signature.strip().lower())
+    candidate = signature.strip().lower()
+    # compare_digest raises on non-ASCII text, and such a signature cannot be a hex digest.
+    return candidate.isascii() and hmac.compare_digest(expected, candidate)
 
 
 def check_session_signature(session_key: str) -> str:
