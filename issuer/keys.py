@@ -267,6 +267,8 @@ class KeyDirectory:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        # Made once: ``fingerprint`` runs on every JWKS request.
+        self._manifest = os.fspath(path / MANIFEST)
 
     # -- reading
 
@@ -311,7 +313,7 @@ class KeyDirectory:
     def fingerprint(self) -> tuple[int, int, int] | None:
         """Changes whenever the manifest is rewritten; None when it is missing."""
         try:
-            stat = os.stat(self.path / MANIFEST)
+            stat = os.stat(self._manifest)
         except OSError:
             return None
         return (stat.st_mtime_ns, stat.st_size, stat.st_ino)

@@ -159,13 +159,25 @@ def session_check() -> Response:
 
 @discovery.get("/.well-known/jwks.json")
 def jwks() -> Response:
-    # Never publish a stale set: a key another process made active must be here first.
-    ring = service().keys.fresh()
-    response = current_app.response_class(ring.jwks_json, mimetype="application/jwk-set+json")
-    response.set_etag(ring.jwks_etag)
-    response.headers["Cache-Control"] = f"public, max-age={service().settings.jwks_max_age}"
-    response.make_conditional(request)
-    return response
+    """The public keys: bytes and ETag the key ring made once, when its keys last changed.
+
+    ``fresh()`` costs one ``stat`` of the manifest, and it is what lets a key another process
+    just made active (``keys rotate --now``) be published here before its first token reaches
+    a verifier. Nothing else is computed per request: no JSON, no hash, and no
+    ``make_conditional`` (which also parses ranges and dates this document never uses).
+    """
+    svc = service()
+    ring = svc.keys.fresh()
+    headers = {
+        "ETag": f'"{ring.jwks_etag}"',
+        "Cache-Control": f"public, max-age={svc.settings.jwks_max_age}",
+    }
+    # RFC 9110 §13.1.2: If-None-Match compares weakly; "*" matches any current set.
+    if request.if_none_match.contains_weak(ring.jwks_etag):
+        return current_app.response_class(status=304, headers=headers)
+    return current_app.response_class(
+        ring.jwks_json, headers=headers, content_type="application/jwk-set+json"
+    )
 
 
 @functools.cache

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+import tracemalloc
 
 import jwt
 import pytest
@@ -243,13 +244,13 @@ def test_a_token_seen_again_is_served_from_the_cache_of_verified_tokens(app, cli
     token = login("vera")["access_token"]
     cache = app.extensions["issuer"]._verified
     assert client.get("/me", headers=bearer(token)).status_code == 200
-    assert token in cache._entries
+    assert token in cache
     assert client.get("/me", headers=bearer(token)).status_code == 200
     # A forgery never enters, however often it is presented.
     forged = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
     for _ in range(2):
         assert client.get("/me", headers=bearer(forged)).status_code == 401
-    assert forged not in cache._entries
+    assert forged not in cache
 
 
 def test_a_cached_token_of_a_revoked_key_is_refused(app_factory, tmp_path, wechat):
@@ -281,3 +282,40 @@ def test_cache_entries_expire_with_the_token_and_the_cache_is_bounded():
     assert cache.get(tokens[2], now=1005, leeway=5, key_published=published) == {"exp": 1000}
     assert cache.get(tokens[2], now=1005.5, leeway=5, key_published=published) is None
     assert cache.get(tokens[1], now=0, leeway=5, key_published=lambda kid: False) is None
+
+
+def test_the_cache_keeps_a_digest_per_token_and_stays_under_two_megabytes():
+    """A worker's cache must not grow into tens of MB: bounded entries, no whole tokens."""
+    from issuer.tokens import VerifiedTokenCache
+
+    header = b64({"alg": "ES256", "kid": "k" * 43, "typ": "at+jwt"})
+
+    def verified(n):
+        claims = {
+            "iss": "http://issuer.test",
+            "sub": f"usr_{n:022d}",
+            "aud": "http://issuer.test",
+            "client_id": APPID,
+            "iat": 1_700_000_000 + n,
+            "exp": 1_700_000_900 + n,
+            "jti": f"{n:022d}",
+            "sid": f"{n:022d}",
+            "openid": f"o{n:027d}",
+            "unionid": f"u{n:027d}",
+        }
+        # A token of issuer's length, and claims as fresh objects, as verification makes them.
+        return f"{header}.{b64(claims)}.{'A' * 86}", json.loads(json.dumps(claims))
+
+    cache = VerifiedTokenCache()
+    tracemalloc.start()
+    try:
+        for n in range(2 * cache.size):
+            cache.put(*verified(n))
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(cache) == cache.size
+    assert held < 2 * 1024 * 1024, f"{held / cache.size:.0f} bytes per entry"
+    token, _ = verified(2 * cache.size - 1)
+    assert token in cache
+    assert verified(0)[0] not in cache  # the least recently used went first

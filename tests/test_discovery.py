@@ -8,6 +8,8 @@ from pathlib import Path
 import jwt
 import pytest
 
+from issuer.keys import KeyDirectory
+
 PRIVATE_MEMBERS = {"d", "p", "q", "dp", "dq", "qi", "k", "oth"}
 
 
@@ -35,6 +37,61 @@ def test_jwks_is_cacheable_and_answers_if_none_match(client):
     assert cached.data == b""
     stale = client.get("/.well-known/jwks.json", headers={"If-None-Match": '"other"'})
     assert stale.status_code == 200
+
+
+@pytest.mark.parametrize(
+    "if_none_match",
+    ["{etag}", "W/{etag}", '"older", {etag}', "*"],
+    ids=["exact", "weak", "in-a-list", "star"],
+)
+def test_jwks_if_none_match_compares_weakly(client, if_none_match):
+    """RFC 9110 §13.1.2: If-None-Match uses the weak comparison; ``*`` matches any set."""
+    etag = client.get("/.well-known/jwks.json").headers["ETag"]
+    cached = client.get(
+        "/.well-known/jwks.json", headers={"If-None-Match": if_none_match.format(etag=etag)}
+    )
+    assert cached.status_code == 304
+    assert cached.data == b""
+    # RFC 9110 §15.4.5: the headers a 200 would carry for caching, and no entity headers.
+    assert cached.headers["ETag"] == etag
+    assert cached.headers["Cache-Control"] == "public, max-age=300"
+    assert "Content-Type" not in cached.headers
+
+
+def test_jwks_serves_the_rings_bytes_without_rebuilding_them(app, client, monkeypatch):
+    """The body and ETag are made once per key change: a request reads no key file."""
+    keys = app.extensions["issuer"].keys
+    ring = keys()
+
+    def no_loads(*args, **kwargs):
+        raise AssertionError("a JWKS request rebuilt the key ring")
+
+    monkeypatch.setattr(keys.directory, "load", no_loads)
+    for _ in range(20):
+        response = client.get("/.well-known/jwks.json")
+        assert response.status_code == 200
+        assert response.data == ring.jwks_json
+        assert response.headers["ETag"] == f'"{ring.jwks_etag}"'
+
+
+def test_jwks_publishes_a_key_another_process_activated_at_the_very_next_request(
+    app_factory, tmp_path, clock
+):
+    """A key made active elsewhere (``keys rotate --now``) is published by the next request,
+    not at the next periodic check: its first token may already be on its way to a verifier."""
+    app = app_factory(keys_dir=str(tmp_path / "own-keys"))
+    app.extensions["issuer"].keys.check_interval = 3600  # the periodic check never runs here
+    client = app.test_client()
+    before = client.get("/.well-known/jwks.json")
+
+    manager = app.extensions["issuer"].keys
+    new_kid = KeyDirectory(tmp_path / "own-keys").rotate(
+        manager.policy, immediately=True, now=clock()
+    )
+    after = client.get("/.well-known/jwks.json", headers={"If-None-Match": before.headers["ETag"]})
+    assert after.status_code == 200
+    assert new_kid in {key["kid"] for key in after.get_json()["keys"]}
+    assert after.headers["ETag"] != before.headers["ETag"]
 
 
 def test_jwks_max_age_is_a_setting(app_factory):

@@ -1,15 +1,16 @@
-"""Mixed load against issuer under gunicorn for ten minutes: ``make soak`` (``-m tests.soak``).
+"""Mixed load against issuer under gunicorn for ten minutes: ``make soak``
+(``python -m bench.soak``).
 
-Not part of ``make test``. It reuses the pieces of :mod:`tests.bench`: the WeChat emulator in
-its own process, issuer (``wsgi:app``) under real gunicorn with the repo's ``gunicorn.conf.py``
-(2 workers, rate limits out of reach, a temporary SQLite file and keys directory), and a load
-generator in its own process with one keep-alive ``http.client`` connection per thread.
+Not part of ``make test``. It shares the bench's pieces (:mod:`bench.servers`): the WeChat
+stand-in in its own process, issuer (``wsgi:app``) under real gunicorn with the repo's
+``gunicorn.conf.py`` (2 workers, rate limits out of reach, a temporary SQLite file and keys
+directory). The load generator is Python, in its own process, with one keep-alive
+``http.client`` connection per thread: unlike wrk, it follows each client's whole life.
 
-Each connection cycles through a client's life: a login with a fresh ``wx.login`` code, then
-``REFRESHES`` refreshes of its own chain each followed by a ``/me`` with its newest access
-token, then the JWKS: 10 % login, 40 % refresh, 40 % /me, 10 % JWKS. Codes are minted at the
-emulator's ``/dev/wx.login`` in batches before the clock starts and topped up by a thread of
-the load generator as they are used.
+Each connection cycles through a client's life: a login with a fresh ``wx.login`` code (minted
+by the connection itself with the stand-in's key, a new test user each), then ``REFRESHES``
+refreshes of its own chain each followed by a ``/me`` with its newest access token, then the
+JWKS: 10 % login, 40 % refresh, 40 % /me, 10 % JWKS.
 
 Counted: requests answered, 5xx answers (there must be none), other unexpected statuses, and
 connection errors. The issuer workers' RSS (VmRSS) is sampled after the warm-up (30 s in) and
@@ -24,8 +25,9 @@ import contextlib
 import http.client
 import json
 import math
+import multiprocessing
 import os
-import queue
+import secrets
 import shutil
 import signal
 import sys
@@ -39,32 +41,26 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 
-from tests.bench import (
-    HOST,
-    REQUEST_TIMEOUT,
-    SPAWN,
-    WORKERS,
-    Emulator,
-    interrupt,
-    issuer_server,
-)
+from .run import gunicorn_model, interrupt
+from .servers import APPID, REQUEST_TIMEOUT, Gunicorn, WeChatStandIn, issuer_env
+from .wechat import HOST, mint_code
 
 WARMUP = 30.0  # seconds of load before the first RSS sample
 PROGRESS_EVERY = 60.0  # seconds between progress lines
 REFRESHES = 4  # refreshes (each with a /me) per login
 RSS_GROWTH_LIMIT = 0.10
-CODE_BATCH = 1000  # codes minted at a time
-CODE_LOW_WATER = 600  # mint another batch when fewer are left
 KINDS = ("login", "refresh", "me", "jwks")
+# Fresh interpreters: the load generator inherits nothing from this process.
+SPAWN = multiprocessing.get_context("spawn")
+USERS_PER_CONNECTION = 10**9  # connection n mints codes for users n * this + 0, 1, 2 ...
 
 
 @dataclass(frozen=True)
 class Job:
     issuer_port: int
-    emulator_port: int
+    code_key: bytes
     connections: int
     duration: float
-    codes: list[str]
 
 
 @dataclass(frozen=True)
@@ -76,8 +72,6 @@ class Tally:
     server_errors: dict[str, int]  # "kind status" -> count, 5xx only
     unexpected: dict[str, int]  # "kind status" -> count, other non-200 answers
     errors: dict[str, int]  # "kind ExceptionName" -> count: no HTTP answer
-    code_waits: int  # logins skipped because no minted code was left
-    codes_minted: int
 
 
 def soak(job: Job, report: Connection) -> Tally:
@@ -89,26 +83,6 @@ def soak(job: Job, report: Connection) -> Tally:
     server_errors = [Counter[str]() for _ in range(n)]
     unexpected = [Counter[str]() for _ in range(n)]
     errors = [Counter[str]() for _ in range(n)]
-    code_waits = [0] * n
-    codes: queue.SimpleQueue[str] = queue.SimpleQueue()
-    for code in job.codes:
-        codes.put(code)
-    minted = [len(job.codes)]
-    low = threading.Event()
-
-    emulator = Emulator()
-    emulator.port = job.emulator_port
-
-    def minter() -> None:
-        while not stop.is_set():
-            if codes.qsize() >= CODE_LOW_WATER:
-                low.wait(1.0)
-                low.clear()
-                continue
-            with contextlib.suppress(OSError, http.client.HTTPException, RuntimeError):
-                for code in emulator.mint_codes(CODE_BATCH, threads=2):
-                    codes.put(code)
-                minted[0] += CODE_BATCH
 
     def connection(index: int) -> None:
         conn = http.client.HTTPConnection(HOST, job.issuer_port, timeout=REQUEST_TIMEOUT)
@@ -136,14 +110,10 @@ def soak(job: Job, report: Connection) -> Tally:
                 return None
             return json.loads(data) if kind != "jwks" else {}
 
+        logins = 0
         while not stop.is_set():
-            if codes.qsize() < CODE_LOW_WATER:
-                low.set()
-            try:
-                code = codes.get(timeout=1.0)
-            except queue.Empty:
-                code_waits[index] += 1
-                continue
+            code = mint_code(job.code_key, APPID, index * USERS_PER_CONNECTION + logins)
+            logins += 1
             pair = send("login", "POST", "/auth/login", {"code": code})
             if pair is None:
                 continue
@@ -170,11 +140,9 @@ def soak(job: Job, report: Connection) -> Tally:
             server_errors=dict(sum(server_errors, Counter())),
             unexpected=dict(sum(unexpected, Counter())),
             errors=dict(sum(errors, Counter())),
-            code_waits=sum(code_waits),
-            codes_minted=minted[0],
         )
 
-    threads = [threading.Thread(target=minter, daemon=True)] + [
+    threads = [
         threading.Thread(target=connection, args=(index,), daemon=True) for index in range(n)
     ]
     for thread in threads:
@@ -189,7 +157,6 @@ def soak(job: Job, report: Connection) -> Tally:
     report.send(("end", tally()))  # the end RSS sample is taken under load, like the first
     ended.append(time.monotonic())
     stop.set()
-    low.set()
     for thread in threads:
         thread.join(REQUEST_TIMEOUT + 1)
     return tally()
@@ -246,9 +213,6 @@ def report(final: Tally, rss_start: dict[int, float], rss_end: dict[int, float])
     ):
         for kind, count in sorted(counts.items()):
             print(f"  {label}  {kind} x{count}")
-    if final.code_waits:
-        print(f"  logins that waited a second for a code: {final.code_waits}")
-    print(f"codes minted {final.codes_minted:>9}")
     start_listed = ", ".join(f"{mb:.1f}" for mb in rss_start.values()) or "none found"
     end_listed = ", ".join(f"{mb:.1f}" for mb in rss_end.values()) or "none found"
     grew = growth(rss_start, rss_end)
@@ -266,7 +230,7 @@ def report(final: Tally, rss_start: dict[int, float], rss_end: dict[int, float])
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m tests.soak",
+        prog="python -m bench.soak",
         description="Mixed load against issuer under gunicorn; fails on any 5xx or on worker "
         f"RSS growth of {RSS_GROWTH_LIMIT:.0%} or more.",
     )
@@ -285,10 +249,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, interrupt)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started ignoring it
-    threads = os.environ.get("ISSUER_THREADS", "8")
     print(
-        f"issuer soak: {os.cpu_count()} CPUs, gunicorn gthread {WORKERS} workers x {threads} "
-        f"threads, {args.connections} connections, {args.minutes:g} min "
+        f"issuer soak: {os.cpu_count()} CPUs, gunicorn {gunicorn_model()}, "
+        f"{args.connections} connections, {args.minutes:g} min "
         f"(RSS sampled at {WARMUP:.0f} s and at the end), Python {sys.version.split()[0]}",
         flush=True,
     )
@@ -307,20 +270,26 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace, work: Path, stack: contextlib.ExitStack) -> bool:
-    emulator = Emulator()
-    stack.callback(emulator.stop)
-    emulator.start()
-    issuer = issuer_server(emulator, work)
+    secret = secrets.token_hex(16)
+    wechat = WeChatStandIn(secret, secrets.token_bytes(32), work / "wechat.log")
+    stack.callback(wechat.stop)
+    wechat.start()
+    issuer = Gunicorn(
+        "issuer",
+        "wsgi:app",
+        env=issuer_env(work, "issuer", wechat.url, secret, work / "issuer.db"),
+        ready_path="/readyz",
+        log_path=work / "issuer.log",
+    )
     stack.callback(issuer.stop)
     issuer.start()
     issuer.wait_ready()
 
     job = Job(
         issuer_port=issuer.port,
-        emulator_port=emulator.port,
+        code_key=wechat.code_key,
         connections=args.connections,
         duration=args.minutes * 60,
-        codes=emulator.mint_codes(2 * CODE_BATCH),
     )
     receiver, sender = SPAWN.Pipe(duplex=False)
     process = SPAWN.Process(target=_load_generator, args=(job, sender), name="load-generator")

@@ -1,0 +1,751 @@
+"""Throughput of issuer against a bare-Flask floor, load from wrk: ``make bench``
+(``python -m bench``).
+
+Method. Everything runs on this machine, in this one run, on loopback:
+
+- the WeChat stand-in (:mod:`bench.wechat`) in its own process, answering ``jscode2session``
+  at once, or after 100 ms for the latency scenario;
+- the *floor* (:mod:`bench.floor`): bare Flask under real gunicorn with the repo's
+  ``gunicorn.conf.py``, answering bodies of the sizes issuer answers (measured first);
+- issuer (``wsgi:app``) under the same gunicorn settings, twice: on an empty SQLite file, and
+  on a copy of a cached file holding a million users and sessions (:mod:`bench.bigdb`);
+- ``wrk`` with the Lua scripts of ``bench/lua/``, one connection per wrk thread.
+
+Inputs that must be fresh are made before the clock starts: login codes (a file per
+connection, half for new users and half for users who logged in before), refresh chains
+(one per connection, logged in before the first run; each run continues where the last one
+stopped, and right after each run the bench settles every chain with one untimed refresh, so
+an answer wrk abandoned at the end cannot turn into a reuse outside the grace), Bearer tokens
+(one per connection) and ETags.
+
+Each scenario runs once untimed (``--warmup`` seconds), then ``--rounds`` times for
+``--duration`` seconds; every other round runs the list backwards, so a slow drift of the
+machine lands on floor and issuer alike. The table shows medians over the rounds, and each
+issuer figure as a ratio: to its own floor (refresh and login to the token-shaped floor, ``/me``
+and the JWKS to floors of their sizes), the 100 ms login to its latency bound (connections /
+latency), refresh on a million users to refresh on the empty database. A ratio is taken round
+by round -- each scenario against its baseline of the same round, at most a minute apart --
+and the median of those is shown. The ratio is the number to watch: absolute req/s depend on
+the machine and on what else runs on it. Targets are reported, never asserted. The JSON (every
+round, the medians, the ratios) goes to ``--json``, by default a new file in the temporary
+directory, named at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import random
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from .bigdb import cached_database, default_cache_dir
+from .servers import (
+    APPID,
+    GUNICORN_CONF,
+    ROOT,
+    WORKERS,
+    Gunicorn,
+    WeChatStandIn,
+    call,
+    issuer_env,
+    server_env,
+)
+from .wechat import mint_code
+from .wrk import WrkMissing, WrkRun, run_wrk, wrk_version
+
+RSS_TARGET_MB = 60.0
+RETURNING_SHARE = 0.5  # of login codes, the share for users who logged in before
+# Bearer tokens are renewed (by new logins, untimed) before they come near the access token
+# lifetime (900 s by default): a long run must not measure 401s.
+BEARER_REUSE = 300.0
+BOUND = "latency bound"
+Server = Literal["floor", "issuer", "issuer-1m"]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One kind of load: where it goes, with which script, and what it is compared with."""
+
+    name: str
+    label: str
+    server: Server
+    path: str
+    script: Literal["get.lua", "codes.lua", "chain.lua"]
+    expect: int = 200
+    header: Literal["bearer", "etag"] | None = None
+    wide: bool = False  # --latency-connections instead of --connections
+    wechat_latency: bool = False  # WeChat answers after --wechat-latency
+    baseline: str | None = None  # the scenario (or BOUND) its ratio is to
+    target: float | None = None
+    zero_errors: bool = False  # the target also asks for no error at all
+
+
+FLOOR_TOKEN = Scenario(
+    name="floor token",
+    label="floor: parse JSON, answer a token-sized JSON",
+    server="floor",
+    path="/floor/token",
+    script="chain.lua",
+)
+FLOOR_ME = Scenario(
+    name="floor me",
+    label="floor: a /me-sized JSON",
+    server="floor",
+    path="/floor/me",
+    script="get.lua",
+    header="bearer",
+)
+FLOOR_JWKS = Scenario(
+    name="floor jwks",
+    label="floor: JWKS-sized bytes + ETag",
+    server="floor",
+    path="/floor/jwks",
+    script="get.lua",
+)
+FLOOR_JWKS_304 = Scenario(
+    name="floor jwks 304",
+    label="floor: the same, If-None-Match (304)",
+    server="floor",
+    path="/floor/jwks",
+    script="get.lua",
+    expect=304,
+    header="etag",
+)
+REFRESH = Scenario(
+    name="refresh",
+    label="refresh (a chain per connection)",
+    server="issuer",
+    path="/auth/refresh",
+    script="chain.lua",
+    baseline="floor token",
+    target=0.75,
+)
+REFRESH_1M = Scenario(
+    name="refresh 1M",
+    label="refresh, 1 M users + sessions in the DB",
+    server="issuer-1m",
+    path="/auth/refresh",
+    script="chain.lua",
+    baseline="refresh",
+    target=0.9,
+)
+ME = Scenario(
+    name="me",
+    label="/me (a Bearer per connection)",
+    server="issuer",
+    path="/me",
+    script="get.lua",
+    header="bearer",
+    baseline="floor me",
+    target=0.8,
+)
+JWKS = Scenario(
+    name="jwks",
+    label="JWKS",
+    server="issuer",
+    path="/.well-known/jwks.json",
+    script="get.lua",
+    baseline="floor jwks",
+    target=0.95,
+)
+JWKS_304 = Scenario(
+    name="jwks 304",
+    label="JWKS, If-None-Match (304)",
+    server="issuer",
+    path="/.well-known/jwks.json",
+    script="get.lua",
+    expect=304,
+    header="etag",
+    baseline="floor jwks 304",
+    target=0.95,
+)
+LOGIN = Scenario(
+    name="login",
+    label="login (WeChat 0 ms; new + returning users)",
+    server="issuer",
+    path="/auth/login",
+    script="codes.lua",
+    baseline="floor token",
+    target=0.2,
+)
+LOGIN_SLOW = Scenario(
+    name="login slow",
+    label="login, WeChat 100 ms, 64 connections",
+    server="issuer",
+    path="/auth/login",
+    script="codes.lua",
+    wide=True,
+    wechat_latency=True,
+    baseline=BOUND,
+    target=0.6,
+    zero_errors=True,
+)
+
+# Each floor next to the scenarios compared with it; odd rounds run this backwards.
+ROUND: tuple[Scenario, ...] = (FLOOR_TOKEN, REFRESH, REFRESH_1M, LOGIN, FLOOR_ME, ME)
+ROUND += (FLOOR_JWKS, JWKS, FLOOR_JWKS_304, JWKS_304, LOGIN_SLOW)
+TABLE: tuple[Scenario, ...] = (FLOOR_TOKEN, FLOOR_ME, FLOOR_JWKS, FLOOR_JWKS_304, REFRESH)
+TABLE += (REFRESH_1M, ME, JWKS, JWKS_304, LOGIN, LOGIN_SLOW)
+BY_NAME = {scenario.name: scenario for scenario in ROUND}
+
+
+@dataclass
+class Bench:
+    """The servers of one run and what carries over from one wrk run to the next."""
+
+    args: argparse.Namespace
+    work: Path
+    wechat: WeChatStandIn
+    servers: dict[str, Gunicorn]
+    chains: dict[str, list[str]] = field(default_factory=dict)
+    bearers: list[str] = field(default_factory=list)
+    etags: dict[str, str] = field(default_factory=dict)
+    users: int = 0  # test users minted so far; codes for returning users pick among them
+    # Which users log in again: a mix, not a secret (and the same mix in every run).
+    rng: random.Random = field(default_factory=lambda: random.Random(0))  # noqa: S311
+    bearers_at: float = 0.0  # when the Bearer tokens were issued (monotonic)
+    latency: float = 0.0
+    results: dict[str, list[WrkRun]] = field(default_factory=dict)
+    warmups: dict[str, WrkRun] = field(default_factory=dict)
+
+    def connections(self, scenario: Scenario) -> int:
+        return int(self.args.latency_connections if scenario.wide else self.args.connections)
+
+    # -- inputs
+
+    def codes(self, count: int, *, returning: float) -> list[str]:
+        """``count`` fresh codes; a ``returning`` share of them for users seen before."""
+        codes = []
+        for _ in range(count):
+            if self.users and self.rng.random() < returning:
+                user = self.rng.randrange(self.users)
+            else:
+                user, self.users = self.users, self.users + 1
+            codes.append(mint_code(self.wechat.code_key, APPID, user))
+        return codes
+
+    def log_in(self, server: str, count: int) -> list[dict[str, Any]]:
+        """``count`` logins of new users (untimed): their token responses."""
+        port = self.servers[server].port
+        bodies = []
+        for code in self.codes(count, returning=0.0):
+            status, _, body = call(port, "POST", "/auth/login", {"code": code})
+            if status != 200:
+                raise RuntimeError(f"{server}: a login before the runs answered {status}: {body!r}")
+            bodies.append(json.loads(body))
+        return bodies
+
+    def settle(self, scenario: Scenario, tokens: list[str]) -> list[str]:
+        """One untimed refresh per chain right after a run (see the module docstring)."""
+        port = self.servers[scenario.server].port
+        settled = []
+        for token in tokens:
+            status, _, body = call(port, "POST", "/auth/refresh", {"refresh_token": token})
+            if status != 200:
+                raise RuntimeError(f"{scenario.name}: a chain broke ({status}): {body[:300]!r}")
+            settled.append(json.loads(body)["refresh_token"])
+        return settled
+
+    def code_budget(self, scenario: Scenario, seconds: float) -> int:
+        """Codes per connection for a run: twice the best rate seen, plus a margin."""
+        seen = [run.rate(200) for run in self.results.get(scenario.name, [])]
+        if scenario.name in self.warmups:
+            seen.append(self.warmups[scenario.name].rate(200))
+        rate = max(seen, default=0.0) or 2000.0
+        return int(2 * rate * seconds / self.connections(scenario)) + 50
+
+    # -- runs
+
+    def run(self, scenario: Scenario, seconds: int) -> WrkRun:
+        server = self.servers[scenario.server]
+        connections = self.connections(scenario)
+        latency = self.args.wechat_latency if scenario.wechat_latency else 0.0
+        if latency != self.latency:
+            self.wechat.set_latency(latency)
+            self.latency = latency
+        inputs: list[list[str]] | None = None
+        header: tuple[str, str | None] | None = None
+        if scenario.script == "codes.lua":
+            per = self.code_budget(scenario, seconds)
+            codes = self.codes(per * connections, returning=RETURNING_SHARE)
+            inputs = [codes[index::connections] for index in range(connections)]
+        elif scenario.script == "chain.lua":
+            inputs = [[token] for token in self.chains[scenario.name][:connections]]
+        if scenario.header == "bearer":
+            if time.monotonic() - self.bearers_at > BEARER_REUSE:
+                self.bearers = [body["access_token"] for body in self.log_in("issuer", connections)]
+                self.bearers_at = time.monotonic()
+            inputs = [[f"Bearer {token}"] for token in self.bearers[:connections]]
+            header = ("Authorization", None)
+        elif scenario.header == "etag":
+            header = ("If-None-Match", self.etags[scenario.server])
+        run = run_wrk(
+            scenario.script,
+            server.url + scenario.path,
+            connections=connections,
+            duration=seconds,
+            work=self.work / "wrk",
+            inputs=inputs,
+            header=header,
+            log=self.work / "wrk.log",
+        )
+        server.check_alive()  # errors from a dead server would mean nothing
+        if scenario.script == "chain.lua":
+            tokens = run.states
+            if scenario.server != "floor":
+                tokens = self.settle(scenario, tokens)
+            self.chains[scenario.name] = tokens
+        return run
+
+
+# -- reporting
+
+
+@dataclass(frozen=True)
+class Row:
+    """A scenario's medians over its rounds, and how it fares against its target."""
+
+    scenario: Scenario
+    rate: float
+    p50: float
+    p99: float
+    errors: int
+    rates: list[float]
+    ratio: float | None  # the median of the rounds' ratios
+    ratios: list[float]
+    of: str
+    met: bool | None
+    exhausted: bool
+
+
+def rows(bench: Bench) -> list[Row]:
+    medians = {
+        name: statistics.median(run.rate(BY_NAME[name].expect) for run in runs)
+        for name, runs in bench.results.items()
+    }
+    table = []
+    for scenario in TABLE:
+        runs = bench.results.get(scenario.name)
+        if not runs:
+            continue
+        rate = medians[scenario.name]
+        errors = sum(run.errors(scenario.expect) for run in runs)
+        ratios: list[float] = []
+        of = ""
+        if scenario.baseline == BOUND:
+            bound = bench.args.latency_connections / bench.args.wechat_latency
+            ratios, of = (
+                [run.rate(scenario.expect) / bound for run in runs],
+                f"{bound:.0f} req/s bound",
+            )
+        elif scenario.baseline in bench.results:
+            # Round by round: a floor ran next to its scenarios, so what the machine was doing
+            # then (other work, drift) weighs on both sides of each ratio alike.
+            baseline = BY_NAME[scenario.baseline]
+            ratios = [
+                run.rate(scenario.expect) / base.rate(baseline.expect)
+                for run, base in zip(runs, bench.results[scenario.baseline], strict=True)
+                if base.rate(baseline.expect) > 0
+            ]
+            of = scenario.baseline
+        ratio = statistics.median(ratios) if ratios else None
+        met = None
+        if ratio is not None and scenario.target is not None:
+            met = ratio >= scenario.target and not (scenario.zero_errors and errors)
+        table.append(
+            Row(
+                scenario=scenario,
+                rate=rate,
+                p50=statistics.median(run.latency_ms["p50"] for run in runs),
+                p99=statistics.median(run.latency_ms["p99"] for run in runs),
+                errors=errors,
+                rates=[run.rate(scenario.expect) for run in runs],
+                ratio=ratio,
+                ratios=ratios,
+                of=of,
+                met=met,
+                exhausted=any(run.exhausted for run in runs),
+            )
+        )
+    return table
+
+
+def print_table(table: list[Row], rss: dict[str, dict[int, float]]) -> None:
+    header = (
+        f"{'scenario':<42} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'non-2xx':>7} "
+        f"{'ratio':>6}  {'of':<18} {'target':>7} {'met?':>4}"
+    )
+    print()
+    print(header)
+    print("-" * len(header))
+    for row in table:
+        target = ""
+        if row.scenario.target is not None:
+            target = f">={row.scenario.target:g}" + (" +0" if row.scenario.zero_errors else "")
+        met = "" if row.met is None else ("yes" if row.met else "NO")
+        ratio = "" if row.ratio is None else f"{row.ratio:.2f}"
+        short = " *" if row.exhausted else ""
+        print(
+            f"{row.scenario.label:<42} {row.rate:>7.0f} {row.p50:>7.1f} {row.p99:>7.1f} "
+            f"{row.errors:>7} {ratio:>6}  {row.of:<18} {target:>7} {met:>4}{short}".rstrip()
+        )
+    worst = max((mb for mb in rss["issuer"].values()), default=float("nan"))
+    listed = ", ".join(f"{mb:.1f}" for mb in rss["issuer"].values()) or "none found"
+    met = "yes" if worst <= RSS_TARGET_MB else "NO"
+    print(
+        f"{'issuer worker RSS after the runs, MB':<42} {listed:>31} "
+        f"{'':>6}  {'':<18} {f'<={RSS_TARGET_MB:g}':>7} {met:>4}"
+    )
+    for name in ("issuer-1m", "floor"):
+        listed = ", ".join(f"{mb:.1f}" for mb in rss[name].values()) or "none found"
+        print(f"{name + ' worker RSS after the runs, MB':<42} {listed:>31}")
+    print(
+        "non-2xx: answers other than the expected status (304 in the If-None-Match rows) "
+        "plus requests with no answer, over all timed rounds"
+    )
+    if any(row.exhausted for row in table):
+        print("* a connection ran out of login codes before the end: that rate is understated")
+
+
+def report_json(
+    bench: Bench, table: list[Row], rss: dict[str, dict[int, float]], setup: dict[str, Any]
+) -> dict[str, Any]:
+    def run_json(run: WrkRun, expect: int) -> dict[str, Any]:
+        return {
+            "rate": round(run.rate(expect), 1),
+            "duration_s": run.duration,
+            "answers": run.answers,
+            "statuses": {str(status): count for status, count in sorted(run.statuses.items())},
+            "socket_errors": run.socket_errors,
+            "latency_ms": run.latency_ms,
+            "exhausted_connections": run.exhausted,
+        }
+
+    return {
+        **setup,
+        "scenarios": {
+            row.scenario.name: {
+                "label": row.scenario.label,
+                "server": row.scenario.server,
+                "path": row.scenario.path,
+                "connections": bench.connections(row.scenario),
+                "expect": row.scenario.expect,
+                "median": {
+                    "rate": round(row.rate, 1),
+                    "p50_ms": row.p50,
+                    "p99_ms": row.p99,
+                },
+                "errors": row.errors,
+                "ratio": None if row.ratio is None else round(row.ratio, 3),
+                "round_ratios": [round(ratio, 3) for ratio in row.ratios],
+                "ratio_of": row.of or None,
+                "target": row.scenario.target,
+                "met": row.met,
+                "rounds": [
+                    run_json(run, row.scenario.expect) for run in bench.results[row.scenario.name]
+                ],
+                "warmup": (
+                    run_json(bench.warmups[row.scenario.name], row.scenario.expect)
+                    if row.scenario.name in bench.warmups
+                    else None
+                ),
+            }
+            for row in table
+        },
+        "worker_rss_mb": {name: list(sizes.values()) for name, sizes in rss.items()},
+        "rss_target_mb": RSS_TARGET_MB,
+    }
+
+
+# -- main
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Throughput of issuer under gunicorn against a bare-Flask floor, load "
+        "from wrk, same machine, same run. Reported, never asserted.",
+    )
+    parser.add_argument("--duration", type=int, default=5, help="seconds timed per run")
+    parser.add_argument("--rounds", type=int, default=3, help="timed runs of each scenario")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed seconds per scenario")
+    parser.add_argument("--connections", type=int, default=16, help="keep-alive connections")
+    parser.add_argument(
+        "--latency-connections", type=int, default=64, help="connections of the slow login"
+    )
+    parser.add_argument(
+        "--wechat-latency", type=float, default=0.1, help="WeChat's latency in the slow login, s"
+    )
+    parser.add_argument("--users", type=int, default=1_000_000, help="users in the large DB")
+    parser.add_argument(
+        "--only",
+        default="",
+        help="comma-separated scenario names (with their baselines): "
+        + ", ".join(scenario.name for scenario in TABLE),
+    )
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=default_cache_dir(),
+        help="where the large database is built once and kept (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--db-dir",
+        type=Path,
+        default=None,
+        help="where issuer's databases live during the run (default: the temporary "
+        "directory; /dev/shm takes the disk's fsync out of the figures)",
+    )
+    parser.add_argument("--json", type=Path, default=None, help="where the JSON report goes")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the temporary directory (logs, databases)"
+    )
+    args = parser.parse_args(argv)
+    if (
+        args.duration < 1
+        or args.rounds < 1
+        or args.warmup < 0
+        or args.connections < 1
+        or args.latency_connections < 1
+        or args.wechat_latency <= 0
+        or args.users < 1
+    ):
+        parser.error("durations, rounds, connections, latency and users must be positive")
+    unknown = {name.strip() for name in args.only.split(",") if name.strip()} - set(BY_NAME)
+    if unknown:
+        parser.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
+    return args
+
+
+def selected(args: argparse.Namespace) -> tuple[Scenario, ...]:
+    """The scenarios to run, in round order: ``--only`` and what they are compared with."""
+    wanted = {name.strip() for name in args.only.split(",") if name.strip()} or set(BY_NAME)
+    while True:
+        more = {
+            BY_NAME[name].baseline
+            for name in wanted
+            if BY_NAME[name].baseline in BY_NAME and BY_NAME[name].baseline not in wanted
+        }
+        if not more:
+            break
+        wanted |= {name for name in more if name is not None}
+    return tuple(scenario for scenario in ROUND if scenario.name in wanted)
+
+
+def interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM cleans up like Ctrl-C
+
+
+def gunicorn_model() -> str:
+    """The worker model the repo's gunicorn.conf.py picks with the servers' environment.
+
+    Read in a child process: the file may act on import (hooks, directories) and reads
+    ``os.environ``, which here is the caller's, not the servers'.
+    """
+    probe = (
+        "import runpy, sys; conf = runpy.run_path(sys.argv[1]); "
+        "print(conf.get('worker_class', 'sync'), conf.get('threads', 1))"
+    )
+    result = subprocess.run(  # noqa: S603 -- our own interpreter and arguments
+        [sys.executable, "-c", probe, str(GUNICORN_CONF)],
+        cwd=ROOT,
+        env=server_env({}),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    try:
+        worker_class, threads = result.stdout.split()
+    except ValueError:
+        return "unknown (gunicorn.conf.py did not load)"
+    return f"{worker_class}, {WORKERS} workers x {threads} threads"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        version = wrk_version()
+    except WrkMissing as error:
+        print(error, file=sys.stderr)
+        return 2
+    model = gunicorn_model()
+    print(
+        f"issuer bench: {os.cpu_count()} CPUs, gunicorn {model}, {args.connections} "
+        f"connections ({args.latency_connections} for the slow login), {args.rounds} rounds x "
+        f"{args.duration} s (+{args.warmup} s warm-up), {version}, "
+        f"Python {sys.version.split()[0]}",
+        flush=True,
+    )
+    json_path = args.json or Path(tempfile.gettempdir()) / time.strftime(
+        "issuer-bench-%Y%m%d-%H%M%S.json"
+    )
+    setup = {
+        "command": "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "commit": _commit(),
+        "cpus": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "wrk": version,
+        "gunicorn": model,
+        "connections": args.connections,
+        "latency_connections": args.latency_connections,
+        "wechat_latency_s": args.wechat_latency,
+        "rounds": args.rounds,
+        "duration_s": args.duration,
+        "warmup_s": args.warmup,
+        "large_db_users": args.users,
+        "db_dir": str(args.db_dir) if args.db_dir else None,
+    }
+    started = time.monotonic()
+    try:
+        with contextlib.ExitStack() as stack:
+            work = Path(tempfile.mkdtemp(prefix="issuer-bench-"))
+            if args.keep:
+                print(f"temporary directory: {work}")
+            else:
+                stack.callback(shutil.rmtree, work, ignore_errors=True)
+            document = run(args, work, stack.callback, setup)
+    except KeyboardInterrupt:
+        print("\ninterrupted; servers stopped", file=sys.stderr)
+        return 130
+    json_path.write_text(json.dumps(document, indent=2) + "\n")
+    print(f"\ntotal {time.monotonic() - started:.0f} s; JSON: {json_path}")
+    return 0
+
+
+def _commit() -> str | None:
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        result = subprocess.run(
+            ["git", "describe", "--always", "--dirty"],  # noqa: S607 -- git from PATH, read-only
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+        return result.stdout.strip() or None
+    return None
+
+
+def run(
+    args: argparse.Namespace,
+    work: Path,
+    on_exit: Callable[..., object],
+    setup: dict[str, Any],
+) -> dict[str, Any]:
+    """Start everything (each stopped by ``on_exit``), run the rounds, print the table."""
+    scenarios = selected(args)
+    names = {scenario.name for scenario in scenarios}
+    data = work
+    if args.db_dir is not None:
+        data = Path(tempfile.mkdtemp(prefix="issuer-bench-", dir=args.db_dir))
+        if args.keep:
+            print(f"databases: {data}")
+        else:
+            on_exit(shutil.rmtree, data, ignore_errors=True)
+    big = None
+    if "refresh 1M" in names:
+        cached = cached_database(args.cache_dir, args.users, APPID)
+        big = data / "issuer-1m.db"
+        shutil.copyfile(cached, big)  # runs write to it: the cached file stays as built
+
+    secret = secrets.token_hex(16)
+    wechat = WeChatStandIn(secret, secrets.token_bytes(32), work / "wechat.log")
+    on_exit(wechat.stop)
+    wechat.start()
+
+    servers = {
+        "issuer": Gunicorn(
+            "issuer",
+            "wsgi:app",
+            env=issuer_env(work, "issuer", wechat.url, secret, data / "issuer.db"),
+            ready_path="/readyz",
+            log_path=work / "issuer.log",
+        )
+    }
+    if big is not None:
+        servers["issuer-1m"] = Gunicorn(
+            "issuer-1m",
+            "wsgi:app",
+            env=issuer_env(work, "issuer-1m", wechat.url, secret, big),
+            ready_path="/readyz",
+            log_path=work / "issuer-1m.log",
+        )
+    for server in servers.values():
+        on_exit(server.stop)
+        server.start()
+    for server in servers.values():
+        server.wait_ready()
+
+    bench = Bench(args=args, work=work, wechat=wechat, servers=servers)
+    n = args.connections
+    bench.chains["refresh"] = [body["refresh_token"] for body in bench.log_in("issuer", n)]
+    bench.bearers = [body["access_token"] for body in bench.log_in("issuer", n)]
+    bench.bearers_at = time.monotonic()
+    if big is not None:
+        bench.chains["refresh 1M"] = [
+            body["refresh_token"] for body in bench.log_in("issuer-1m", n)
+        ]
+
+    # The floor answers bodies of issuer's sizes: measure them, then start it.
+    port = servers["issuer"].port
+    code = bench.codes(1, returning=0.0)[0]
+    token_bytes = len(call(port, "POST", "/auth/login", {"code": code})[2])
+    me = call(port, "GET", "/me", headers={"Authorization": f"Bearer {bench.bearers[0]}"})[2]
+    _, jwks_headers, jwks = call(port, "GET", "/.well-known/jwks.json")
+    bench.etags["issuer"] = jwks_headers["ETag"]
+    sizes = {"token": token_bytes, "me": len(me), "jwks": len(jwks)}
+    floor = Gunicorn(
+        "floor",
+        "bench.floor:app",
+        env={f"BENCH_FLOOR_{kind.upper()}_BYTES": str(size) for kind, size in sizes.items()},
+        ready_path="/floor/me",
+        log_path=work / "floor.log",
+    )
+    servers["floor"] = floor
+    on_exit(floor.stop)
+    floor.start().wait_ready()
+    bench.etags["floor"] = call(floor.port, "GET", "/floor/jwks")[1]["ETag"]
+    bench.chains["floor token"] = ["rt_" + "B" * 70] * n
+    setup["body_bytes"] = sizes
+
+    if args.warmup:
+        print(f"warm-up: {args.warmup} s of each scenario, untimed", flush=True)
+        for scenario in scenarios:
+            bench.warmups[scenario.name] = bench.run(scenario, args.warmup)
+    for number in range(args.rounds):
+        order = scenarios if number % 2 == 0 else scenarios[::-1]
+        for scenario in order:
+            outcome = bench.run(scenario, args.duration)
+            bench.results.setdefault(scenario.name, []).append(outcome)
+            print(
+                f"round {number + 1}/{args.rounds}  {scenario.label:<42} "
+                f"{outcome.rate(scenario.expect):>7.0f} req/s  "
+                f"p99 {outcome.latency_ms['p99']:>6.1f} ms  "
+                f"non-2xx {outcome.errors(scenario.expect)}",
+                flush=True,
+            )
+    rss = {name: server.worker_rss_mb() for name, server in servers.items()}
+    rss.setdefault("issuer-1m", {})
+    table = rows(bench)
+    print_table(table, rss)
+    return report_json(bench, table, rss, setup)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
