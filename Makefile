@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help run serve test lint bench soak clean node
+.PHONY: help run serve test lint bench soak clean node services
 
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-6s %s\n", $$1, $$2}'
@@ -22,7 +22,7 @@ run: $(STAMP) ## development mode on 127.0.0.1:8000 with the WeChat emulator
 serve: $(STAMP) ## production mode under gunicorn (configure ISSUER_* first)
 	$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
 
-test: $(STAMP) node ## the whole test suite
+test: $(STAMP) node services ## the whole test suite
 	$(BIN)/pytest
 
 node: ## Node.js and npm for the JavaScript client and example tests (Debian's, when missing)
@@ -30,16 +30,30 @@ node: ## Node.js and npm for the JavaScript client and example tests (Debian's, 
 	  echo "installing Node.js and npm from Debian"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; }
 
+services: ## PostgreSQL and Redis binaries for the store and rate-limit tests (Debian's, when missing)
+	@# The tests start throwaway instances of their own: the packages' services stay stopped
+	@# (a policy-rc.d forbids starting them while apt installs, unless one is already there).
+	@if { command -v initdb || ls /usr/lib/postgresql/*/bin/initdb; } >/dev/null 2>&1 \
+	  && command -v redis-server >/dev/null 2>&1; then :; else \
+	  echo "installing PostgreSQL and Redis from Debian"; \
+	  policy=/usr/sbin/policy-rc.d; made=; \
+	  if [ ! -e $$policy ]; then printf '#!/bin/sh\nexit 101\n' >$$policy && chmod +x $$policy && made=1; fi; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql redis-server; \
+	  status=$$?; if [ -n "$$made" ]; then rm -f $$policy; fi; exit $$status; fi
+
 lint: $(STAMP) ## ruff and mypy
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-bench: $(STAMP) ## throughput against a bare Flask floor
-	$(BIN)/python -m tests.bench
+bench: $(STAMP) ## throughput against a bare Flask floor, load from wrk (Debian's, when missing)
+	@command -v wrk >/dev/null 2>&1 || { \
+	  echo "installing wrk from Debian"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 soak: $(STAMP) ## ten minutes of mixed load against gunicorn (not part of make test)
-	$(BIN)/python -m tests.soak
+	$(BIN)/python -m bench.soak
 
 clean: ## remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -8,11 +8,19 @@ happens once before the workers fork.
 
 import multiprocessing
 import os
+from typing import Any
+
+from issuer import metrics as _metrics
 
 bind = os.environ.get("ISSUER_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count()))
 worker_class = "gthread"
-threads = int(os.environ.get("ISSUER_THREADS", "8"))
+# A request holds its thread while it waits on WeChat, so threads bound the logins in flight:
+# two workers x 32 keep 64 waiting at 100 ms each (640 a second) without /auth/refresh or /me
+# queueing behind them. A thread that waits needs no CPU; the price is memory: a thread that
+# reached the database holds its own SQLite connection, 0.35 MB and more as the database grows
+# (make bench reports the workers' RSS).
+threads = int(os.environ.get("ISSUER_THREADS", "32"))
 preload_app = True
 timeout = 30
 graceful_timeout = 20
@@ -26,3 +34,19 @@ access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(L)ss "%(a)s" rid=%({x-req
 # gunicorn 24+ opens a control socket at one default path per user; several issuer masters on
 # one host would share it, and nothing here uses it.
 control_socket_disable = True
+
+# Prometheus metrics (ISSUER_METRICS): every worker counts into mmap files under
+# PROMETHEUS_MULTIPROC_DIR and /metrics sums them all. prometheus_client reads that variable
+# once, when first imported, so it is set here, before the app is loaded (preload_app).
+# Without ISSUER_METRICS this does nothing.
+_metrics.prepare_multiprocess_dir()
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """In the master, after a worker exited: its files stay, and keep counting in the sums."""
+    _metrics.worker_exited(worker.pid)
+
+
+def on_exit(server: Any) -> None:
+    """In the master, at shutdown: remove the metrics directory it created, if it did."""
+    _metrics.cleanup_multiprocess_dir()
