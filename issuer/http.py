@@ -157,6 +157,8 @@ def _finish_request(response: Response) -> Response:
         "status": response.status_code,
         "duration_ms": duration_ms,
         "outcome": outcome,
+        # After ProxyFix: the client's address as the trusted proxy saw it.
+        "client": request.remote_addr,
     }
     if g.get("sub"):
         extra["sub"] = g.sub

@@ -19,6 +19,8 @@ from flask import g, has_request_context
 
 REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
 HANDLER_NAME = "issuer"
+# The fields of the per-request line, in the order they are written.
+ACCESS_FIELDS = ("method", "path", "route", "status", "duration_ms", "outcome", "client", "sub")
 
 
 def request_id_from(header: str | None) -> str:
@@ -55,7 +57,7 @@ class JsonFormatter(logging.Formatter):
         request_id = getattr(record, "request_id", None)
         if request_id:
             entry["request_id"] = request_id
-        for name in ("method", "path", "route", "status", "duration_ms", "outcome", "sub"):
+        for name in ACCESS_FIELDS:
             if hasattr(record, name):
                 entry[name] = getattr(record, name)
         if record.exc_info:
