@@ -54,9 +54,9 @@ from .sql import Conflict, Cursor, Executor, SQLStore
 
 T = TypeVar("T")
 
-# A process holds at most this many connections: gunicorn's default of 8 threads per worker
-# each get one without waiting. A fleet needs hosts x workers x POOL_MAX_SIZE of the
-# server's max_connections (100 by default).
+# A process holds at most this many connections. A thread borrows one only for a transaction
+# or a read (never while it waits on WeChat), so 8 serve a worker's 32 threads; a fleet needs
+# hosts x workers x POOL_MAX_SIZE of the server's max_connections (100 by default).
 POOL_MAX_SIZE = 8
 # Kept open while idle, so a quiet worker answers its next request without a handshake.
 POOL_MIN_SIZE = 1
