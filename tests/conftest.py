@@ -10,7 +10,6 @@ import os
 import re
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -28,6 +27,7 @@ from werkzeug.serving import BaseWSGIServer, make_server
 from issuer import create_app
 from issuer.emulator import WeChatEmulator
 from tests.pgserver import postgres_server  # noqa: F401
+from tests.ports import free_port
 from tests.redisserver import redis_factory, redis_server, redis_url  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -268,13 +268,6 @@ def dev_server(tmp_path: Path, session_keys_dir: Path) -> Iterator[str]:
 
 
 # -- real gunicorn
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 class Gunicorn:

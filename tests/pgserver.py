@@ -22,7 +22,6 @@ import pwd
 import re
 import secrets
 import shutil
-import socket
 import sqlite3
 import subprocess
 import tempfile
@@ -36,6 +35,7 @@ import pytest
 from psycopg import sql
 
 from issuer.store.postgres import close_all
+from tests.ports import free_port
 
 ROLE = "issuer"
 DATABASE = "issuer"
@@ -67,13 +67,6 @@ def postgres_bin() -> Path:
     if not versions:
         pytest.fail(MISSING)
     return versions[-1]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 class PostgresServer:

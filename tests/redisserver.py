@@ -18,7 +18,6 @@ from __future__ import annotations
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -27,15 +26,9 @@ from pathlib import Path
 import pytest
 import redis
 
+from tests.ports import free_port
+
 START_TIMEOUT = 10
-
-
-def free_port() -> int:
-    # conftest has the same helper, but conftest imports this module.
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def redis_server_binary() -> str:
