@@ -22,7 +22,6 @@ example's locked dependencies once per test session.
 from __future__ import annotations
 
 import base64
-import contextlib
 import hmac
 import http.client
 import http.server
@@ -47,6 +46,7 @@ from cryptography.hazmat.primitives import serialization
 from issuer.emulator import WeChatEmulator
 from issuer.keys import KeyDirectory, KeyPolicy
 from tests.conftest import APPID, ROOT, Gunicorn, free_port, require_node
+from tests.workers import connections_to_two_workers
 
 pytestmark = pytest.mark.slow
 
@@ -551,52 +551,6 @@ def test_rotation_under_load_fails_no_request(stack, wechat):
 
 
 # -- every worker publishes a key before any worker signs with it
-
-
-def worker_of(server: Gunicorn, connection: http.client.HTTPConnection) -> int:
-    """The pid of the gunicorn worker holding the server side of ``connection`` (Linux /proc)."""
-    assert server.process is not None
-    assert connection.sock is not None
-    client_port = connection.sock.getsockname()[1]
-    inode = None
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        local_port = int(fields[1].rsplit(":", 1)[1], 16)
-        remote_port = int(fields[2].rsplit(":", 1)[1], 16)
-        if local_port == server.port and remote_port == client_port:
-            inode = fields[9]
-    assert inode is not None, "connection not found in /proc/net/tcp"
-    master = server.process.pid
-    for pid in map(int, Path(f"/proc/{master}/task/{master}/children").read_text().split()):
-        with contextlib.suppress(FileNotFoundError):
-            for fd in Path(f"/proc/{pid}/fd").iterdir():
-                with contextlib.suppress(FileNotFoundError):
-                    if os.readlink(fd) == f"socket:[{inode}]":
-                        return pid
-    raise AssertionError(f"no worker of {master} holds socket {inode}")
-
-
-@contextlib.contextmanager
-def connections_to_two_workers(server: Gunicorn) -> Iterator[tuple[Any, Any]]:
-    """Two keep-alive connections held by different worker processes."""
-    opened: list[http.client.HTTPConnection] = []
-    held: dict[int, http.client.HTTPConnection] = {}
-    try:
-        for _ in range(100):
-            connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=TIMEOUT)
-            opened.append(connection)  # all kept open, so the next one may go elsewhere
-            connection.request("GET", "/healthz")
-            connection.getresponse().read()
-            held.setdefault(worker_of(server, connection), connection)
-            if len(held) == 2:
-                break
-        else:
-            pytest.fail(f"100 connections, all held by worker {list(held)}")
-        first, second = held.values()
-        yield first, second
-    finally:
-        for connection in opened:
-            connection.close()
 
 
 def call(connection: http.client.HTTPConnection, method: str, path: str, body: Any = None) -> Any:

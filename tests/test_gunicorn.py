@@ -9,14 +9,10 @@ JSON lines carrying no secret (SPEC §2, §10).
 
 from __future__ import annotations
 
-import collections
-import contextlib
 import functools
 import json
-import os
 import re
 import stat
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +23,7 @@ import requests
 
 from issuer.emulator import WeChatEmulator
 from tests.conftest import APPID, SECRET, Gunicorn, all_at_once
+from tests.workers import sessions_across_workers
 
 pytestmark = pytest.mark.slow
 
@@ -48,58 +45,6 @@ def refresh(server: Gunicorn, refresh_token: str) -> requests.Response:
     return requests.post(
         server.url + "/auth/refresh", json={"refresh_token": refresh_token}, timeout=TIMEOUT
     )
-
-
-def connection_owners(server: Gunicorn) -> collections.Counter[int]:
-    """How many established client connections each worker process of ``server`` holds.
-
-    Linux ``/proc``: the master's children, their socket inodes, and ``/proc/net/tcp``.
-    """
-    assert server.process is not None
-    master = server.process.pid
-    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
-    inode_owner: dict[str, int] = {}
-    for pid in map(int, children):
-        with contextlib.suppress(FileNotFoundError):
-            for fd in Path(f"/proc/{pid}/fd").iterdir():
-                with contextlib.suppress(FileNotFoundError):
-                    target = os.readlink(fd)
-                    if target.startswith("socket:["):
-                        inode_owner[target[len("socket:[") : -1]] = pid
-    owners: collections.Counter[int] = collections.Counter()
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        local_port = int(fields[1].rsplit(":", 1)[1], 16)
-        established = fields[3] == "01"
-        if local_port == server.port and established and fields[9] in inode_owner:
-            owners[inode_owner[fields[9]]] += 1
-    return owners
-
-
-def sessions_across_workers(server: Gunicorn, n: int) -> list[requests.Session]:
-    """``n`` keep-alive connections, held by at least two worker processes between them."""
-    for _ in range(20):
-        sessions = [requests.Session() for _ in range(n)]
-        barrier = threading.Barrier(n)
-
-        def connect(session: requests.Session, barrier: threading.Barrier = barrier) -> None:
-            barrier.wait(timeout=TIMEOUT)
-            session.get(server.url + "/healthz", timeout=TIMEOUT).raise_for_status()
-
-        threads = [threading.Thread(target=connect, args=(session,)) for session in sessions]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=2 * TIMEOUT)
-        owners = connection_owners(server)
-        if len(owners) >= 2 and sum(owners.values()) == n:
-            return sessions
-        # A worker still booting (gunicorn spawns them a little apart), or the kernel
-        # handed every connection to one worker: try again.
-        for session in sessions:
-            session.close()
-        time.sleep(0.1)
-    pytest.fail(f"could not spread {n} connections over two workers: {owners}")
 
 
 def race_refresh(server: Gunicorn, refresh_token: str, n: int) -> list[requests.Response]:

@@ -40,8 +40,8 @@ from issuer.metrics import (
     worker_exited,
 )
 from tests.conftest import APPID, APPID2, SECRET, SECRET2, FakeClock, Gunicorn, free_port
-from tests.test_downstream_examples import connections_to_two_workers, worker_of
 from tests.test_openapi import DOC, documented_response
+from tests.workers import connections_to_two_workers, worker_of, worker_pids
 
 JSCODE2SESSION = "sns/jscode2session"
 # The label names issuer's own metrics may carry: nothing that names a user, app or token.
@@ -432,12 +432,6 @@ def test_the_master_empties_a_given_directory_of_stale_files(tmp_path: Path) -> 
 # -- real gunicorn, two workers
 
 
-def master_children(server: Gunicorn) -> set[int]:
-    assert server.process is not None
-    master = server.process.pid
-    return set(map(int, Path(f"/proc/{master}/task/{master}/children").read_text().split()))
-
-
 def request(
     connection: http.client.HTTPConnection, method: str, path: str, body: Any = None
 ) -> tuple[int, bytes]:
@@ -489,7 +483,7 @@ def test_gunicorn_workers_add_up_and_a_dead_worker_still_counts(
         survivor = worker_of(server, second)
         os.kill(killed, signal.SIGKILL)
         deadline = time.monotonic() + 10
-        while killed in master_children(server) or len(master_children(server)) < 2:
+        while killed in worker_pids(server) or len(worker_pids(server)) < 2:
             assert time.monotonic() < deadline, "gunicorn did not replace the killed worker"
             time.sleep(0.05)
         # The dead worker's logins still count; the survivor answers the scrape.
@@ -498,7 +492,7 @@ def test_gunicorn_workers_add_up_and_a_dead_worker_still_counts(
         log_in_on(second, "after")
 
     with connections_to_two_workers(server) as (first, second):
-        assert {worker_of(server, first), worker_of(server, second)} == master_children(server)
+        assert {worker_of(server, first), worker_of(server, second)} == worker_pids(server)
         log_in_on(first, "replacement")
         assert scraped_logins(first) == scraped_logins(second) == 10
     assert (metrics_dir / f"counter_{killed}.db").exists()

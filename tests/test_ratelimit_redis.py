@@ -23,7 +23,7 @@ from issuer.emulator import WeChatEmulator
 from issuer.ratelimit import key_prefix
 from tests.conftest import APPID, FakeClock, Gunicorn, ServerThread, free_port
 from tests.redisserver import RedisServer
-from tests.test_gunicorn import connection_owners, sessions_across_workers
+from tests.workers import connection_owners, sessions_across_workers
 
 TIMEOUT = 10
 VARIABLE = "ISSUER_RATELIMIT_STORAGE_URI"
