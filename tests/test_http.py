@@ -122,12 +122,17 @@ def test_one_access_line_per_request_with_route_outcome_and_sub(client, login, c
     body = login("ada")
     caplog.clear()
     caplog.set_level(logging.INFO, logger="issuer.access")
-    client.get("/me", headers={"Authorization": f"Bearer {body['access_token']}"})
+    client.get(
+        "/me",
+        headers={"Authorization": f"Bearer {body['access_token']}"},
+        environ_base={"REMOTE_ADDR": "198.51.100.7"},
+    )
     client.post("/auth/refresh", json={"refresh_token": "rt_nope"})
     lines = [r for r in caplog.records if r.name == "issuer.access"]
     assert len(lines) == 2
     me, refresh = lines
     assert (me.route, me.status, me.outcome, me.sub) == ("/me", 200, "ok", body["user_id"])
+    assert me.client == "198.51.100.7"
     assert (refresh.route, refresh.status, refresh.outcome) == (
         "/auth/refresh",
         400,

@@ -210,6 +210,33 @@ def test_client_timeout_and_refused(
         make_client(f"http://127.0.0.1:{closed_port}", 2).code_to_session(APP, "anycode")
 
 
+def test_client_takes_proxy_settings_from_the_environment_once(
+    make_client: MakeClient,
+    wechat: WeChatEmulator,
+    wechat_url: str,
+    closed_port: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The environment is read once, when the process's session is made, not per call.
+    for name in ("NO_PROXY", "no_proxy", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{closed_port}")
+    through_dead_proxy = make_client(wechat_url, 2)
+    with pytest.raises(TemporarilyUnavailable):
+        through_dead_proxy.code_to_session(APP, wechat.mint_code(APPID))
+    assert wechat.calls == []
+
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    with pytest.raises(TemporarilyUnavailable):  # still the session made before the change
+        through_dead_proxy.code_to_session(APP, wechat.mint_code(APPID))
+    bypassing = make_client(wechat_url, 2)
+    assert (
+        bypassing.code_to_session(APP, wechat.mint_code(APPID, "alice")).openid
+        == (wechat.identity(APPID, "alice")[0])
+    )
+    assert wechat.calls == [JSCODE2SESSION]
+
+
 # -- the API: POST /auth/login
 
 
