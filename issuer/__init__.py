@@ -95,12 +95,12 @@ def create_app(
         clock=clock,
     )
 
-    from . import http, views
+    from . import http, ratelimit, views
 
     http.install(app, observe=metrics.observe_request if metrics else None)
     for blueprint in (views.auth, views.api, views.wechat_data, views.discovery, views.health):
         app.register_blueprint(blueprint)
-    _install_rate_limits(app, settings)
+    ratelimit.install(app, settings)  # per client IP; shared across hosts through Redis
     if metrics is not None:
         metrics.install(app)
         app.extensions["issuer.metrics"] = metrics
@@ -120,16 +120,6 @@ def key_policy(settings: Settings) -> KeyPolicy:
         rotation_days=settings.key_rotation_days,
         retired_lifetime=settings.access_token_ttl + settings.leeway,
     )
-
-
-def _install_rate_limits(app: Flask, settings: Settings) -> None:
-    """Per client IP; ``memory://`` counts per worker process, Redis counts across all.
-
-    :mod:`issuer.ratelimit` owns the limiter: storage, key prefix, Redis outages.
-    """
-    from . import ratelimit
-
-    ratelimit.install(app, settings)
 
 
 def _mount_emulator(app: Flask, settings: Settings) -> None:
