@@ -27,7 +27,7 @@ from werkzeug.serving import BaseWSGIServer, make_server
 from issuer import create_app
 from issuer.emulator import WeChatEmulator
 from tests.pgserver import postgres_server  # noqa: F401
-from tests.ports import free_port
+from tests.processes import free_port, stop_process
 from tests.redisserver import redis_factory, redis_server, redis_url  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -320,13 +320,8 @@ class Gunicorn:
         return self.process.wait(timeout=timeout)
 
     def stop(self) -> str:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            stop_process(self.process, timeout=15)
         return self.output()
 
     def output(self) -> str:

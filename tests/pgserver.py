@@ -35,7 +35,7 @@ import pytest
 from psycopg import sql
 
 from issuer.store.postgres import close_all
-from tests.ports import free_port
+from tests.processes import free_port
 
 ROLE = "issuer"
 DATABASE = "issuer"

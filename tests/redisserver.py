@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.ports import free_port
+from tests.processes import free_port, stop_process
 
 START_TIMEOUT = 10
 
@@ -128,12 +128,7 @@ class RedisServer:
         if self.process is None or self.process.poll() is not None:
             return
         self.process.send_signal(signal.SIGCONT)  # a stopped process would not see SIGTERM
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process, timeout=10)
 
     def freeze(self) -> None:
         """SIGSTOP: the port still accepts connections, but nothing answers (a hung server)."""

@@ -46,6 +46,7 @@ from cryptography.hazmat.primitives import serialization
 from issuer.emulator import WeChatEmulator
 from issuer.keys import KeyDirectory, KeyPolicy
 from tests.conftest import APPID, ROOT, Gunicorn, free_port, require_node
+from tests.processes import stop_process
 from tests.workers import connections_to_two_workers
 
 pytestmark = pytest.mark.slow
@@ -138,13 +139,7 @@ class Example:
         return response
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, timeout=10)
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
