@@ -10,7 +10,7 @@ import multiprocessing
 import os
 from typing import Any
 
-from issuer import metrics as _metrics
+from issuer.web import metrics as _metrics
 
 bind = os.environ.get("ISSUER_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count()))

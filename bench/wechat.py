@@ -1,6 +1,6 @@
 """A stand-in for WeChat's ``sns/jscode2session`` under load: ``python -m bench.wechat``.
 
-Why not :class:`issuer.emulator.WeChatEmulator`: a load run needs tens of thousands of fresh
+Why not :class:`issuer.wechat.emulator.WeChatEmulator`: a load run needs tens of thousands of fresh
 codes, and the emulator mints each over HTTP (a millisecond apiece, on the CPUs the servers
 need). Here the load side mints codes itself -- ``<user>-<nonce>-<HMAC>`` under a key shared
 with the stand-in -- and the stand-in checks the MAC, so minting costs no request. What the

@@ -15,16 +15,17 @@ from flask import Flask
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from .config import ConfigError, Settings, StartupError, load_settings
+from .config import ConfigError, Settings, load_settings
+from .errors import StartupError
 from .keys import KeyDirectory, KeyManager, KeyPolicy
 from .logs import configure_logging
-from .metrics import Metrics
 from .sealing import LiveSealer
-from .servertoken import ServerTokens
 from .service import AuthService
 from .store import StoreUnavailable, open_store
 from .userdata import UserData
-from .wechat import WeChatClient
+from .web.metrics import Metrics
+from .wechat.client import WeChatClient
+from .wechat.servertoken import ServerTokens
 
 __all__ = ["ConfigError", "StartupError", "create_app"]
 
@@ -95,7 +96,7 @@ def create_app(
         clock=clock,
     )
 
-    from . import http, ratelimit, views
+    from .web import http, ratelimit, views
 
     http.install(app, observe=metrics.observe_request if metrics else None)
     for blueprint in (views.auth, views.api, views.wechat_data, views.discovery, views.health):
@@ -124,7 +125,7 @@ def key_policy(settings: Settings) -> KeyPolicy:
 
 def _mount_emulator(app: Flask, settings: Settings) -> None:
     """Serve the WeChat emulator under ``/_wechat`` of this app (development mode only)."""
-    from .emulator import WeChatEmulator
+    from .wechat.emulator import WeChatEmulator
 
     if not settings.development:
         raise ConfigError("ISSUER_ENV", "the WeChat emulator never runs in production")

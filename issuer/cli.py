@@ -19,9 +19,9 @@ from flask import Flask, current_app
 from flask.cli import FlaskGroup, with_appcontext
 
 from . import create_app
-from .config import StartupError
-from .datakeys import reseal_all
+from .errors import StartupError
 from .keys import KeyManager
+from .keys.reseal import reseal_all
 from .service import AuthService, rfc3339
 
 WALKTHROUGH = """\

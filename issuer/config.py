@@ -23,6 +23,8 @@ from urllib.parse import parse_qsl, urlsplit
 import limits
 import redis
 
+from .errors import StartupError
+
 PREFIX = "ISSUER_"
 SIGNING_ALGORITHMS = ("ES256", "RS256", "EdDSA")
 APP_KINDS = ("miniprogram", "officialaccount")
@@ -35,10 +37,6 @@ RATELIMIT_SCHEMES = ("memory", "redis", "rediss", "redis+unix")
 APPID_PATTERN = re.compile(r"wx[0-9a-fA-F]{16}")
 # The app the development emulator plays when no app is configured.
 DEVELOPMENT_APPID = "wxde000000000000de"
-
-
-class StartupError(Exception):
-    """Start-up cannot go on; ``str(error)`` is one line for the operator."""
 
 
 class ConfigError(StartupError):

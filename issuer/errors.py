@@ -1,4 +1,5 @@
-"""The errors issuer answers with: one class per OAuth 2.0 error code (RFC 6749 §5.2).
+"""The errors issuer answers with: one class per OAuth 2.0 error code (RFC 6749 §5.2), and
+:class:`StartupError`, the one that stops start-up.
 
 Each class knows its ``error`` code, its HTTP status and its extra headers; the HTTP layer
 renders any of them the same way. Descriptions are written for the client's developer and
@@ -8,6 +9,14 @@ never carry upstream text, exception messages or secrets.
 from __future__ import annotations
 
 from typing import ClassVar
+
+
+class StartupError(Exception):
+    """Start-up cannot go on; ``str(error)`` is one line for the operator."""
+
+
+class KeyFileError(StartupError):
+    """A key file or the key directory cannot be used; the message names the file."""
 
 
 class IssuerError(Exception):

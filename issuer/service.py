@@ -34,7 +34,7 @@ from .tokens import (
     sign_access_token,
     verify_access_token,
 )
-from .wechat import WeChatClient
+from .wechat.client import WeChatClient
 
 log = logging.getLogger("issuer.auth")
 

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 import jwt
 
 from .errors import InvalidToken
-from .keys import SigningKey, b64url
+from .keys.ring import SigningKey, b64url
 
 ACCESS_TOKEN_TYPE = "at+jwt"  # noqa: S105 -- a media type, not a secret
 # RFC 9068 §4: "at+jwt", or its full media type; media types compare case-insensitively.

@@ -16,11 +16,11 @@ from typing import Any, TypeVar
 from .config import Settings, WeChatApp
 from .errors import InvalidClient, InvalidRequest, SessionKeyMismatch, TemporarilyUnavailable
 from .sealing import Seals, UnsealError, phone_aad, session_key_aad
-from .servertoken import ServerTokens
 from .service import Caller
 from .store import Store
-from .wechat import PhoneNumber, ServerTokenRejected, WeChatClient
-from .wxcrypto import check_session_signature, decrypt_user_data, raw_data_matches
+from .wechat.client import PhoneNumber, ServerTokenRejected, WeChatClient
+from .wechat.crypto import check_session_signature, decrypt_user_data, raw_data_matches
+from .wechat.servertoken import ServerTokens
 
 log = logging.getLogger("issuer.userdata")
 

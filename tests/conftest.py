@@ -25,7 +25,7 @@ from flask.testing import FlaskClient
 from werkzeug.serving import BaseWSGIServer, make_server
 
 from issuer import create_app
-from issuer.emulator import WeChatEmulator
+from issuer.wechat.emulator import WeChatEmulator
 from tests.pgserver import postgres_server  # noqa: F401
 from tests.processes import free_port, stop_process
 from tests.redisserver import redis_factory, redis_server, redis_url  # noqa: F401

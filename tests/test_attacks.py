@@ -51,8 +51,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from issuer import create_app
-from issuer.emulator import WeChatEmulator
 from issuer.verify import AccessTokenVerifier, InvalidAccessToken
+from issuer.wechat.emulator import WeChatEmulator
 from tests.conftest import APPID, SECRET, ServerThread, all_at_once
 
 ISSUER = "http://issuer.test"

@@ -22,8 +22,8 @@ from flask import Flask
 
 from issuer import create_app
 from issuer.cli import main
-from issuer.emulator import WeChatEmulator
 from issuer.logs import configure_logging
+from issuer.wechat.emulator import WeChatEmulator
 
 from .conftest import APPID
 from .pgserver import PostgresServer

@@ -42,8 +42,8 @@ from typing import Any
 import pytest
 import requests
 
-from issuer.emulator import WeChatEmulator
 from issuer.tokens import parse_refresh_token
+from issuer.wechat.emulator import WeChatEmulator
 from tests.conftest import APPID, Gunicorn
 
 pytestmark = pytest.mark.slow

@@ -43,8 +43,8 @@ import pytest
 import requests
 from cryptography.hazmat.primitives import serialization
 
-from issuer.emulator import WeChatEmulator
 from issuer.keys import KeyDirectory, KeyPolicy
+from issuer.wechat.emulator import WeChatEmulator
 from tests.conftest import APPID, ROOT, Gunicorn, free_port, require_node
 from tests.processes import stop_process
 from tests.workers import connections_to_two_workers

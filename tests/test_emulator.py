@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import pytest
 import requests
 
-from issuer.emulator import CODE_LIFETIME, Fault, WeChatEmulator
+from issuer.wechat.emulator import CODE_LIFETIME, Fault, WeChatEmulator
 from tests.conftest import APPID, APPID2, SECRET, SECRET2, FakeClock, ServerThread
 
 JSCODE2SESSION = "/sns/jscode2session"

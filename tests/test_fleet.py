@@ -25,7 +25,7 @@ import requests
 import yaml
 
 from issuer.config import SETTINGS
-from issuer.emulator import WeChatEmulator
+from issuer.wechat.emulator import WeChatEmulator
 from tests.conftest import APPID, ROOT, SECRET, Gunicorn
 from tests.pgserver import PostgresServer
 from tests.redisserver import RedisServer

@@ -1,4 +1,4 @@
-"""Property-based fuzzing of a live issuer from its OpenAPI document (issuer/openapi.json).
+"""Property-based fuzzing of a live issuer from its OpenAPI document (issuer/web/openapi.json).
 
 schemathesis reads the document and, with hypothesis, generates requests for every
 operation: schema-valid ones, invalid ones, and a deterministic "coverage" set (boundary
@@ -50,7 +50,7 @@ from hypothesis import strategies as st
 from hypothesis.configuration import set_hypothesis_home_dir
 from schemathesis.checks import not_a_server_error
 
-from issuer.emulator import Fault, WeChatEmulator
+from issuer.wechat.emulator import Fault, WeChatEmulator
 from tests.conftest import APPID, SECRET, ServerThread
 
 # Hypothesis caches Unicode tables and source constants under its home directory, by default
@@ -59,7 +59,9 @@ from tests.conftest import APPID, SECRET, ServerThread
 if "HYPOTHESIS_STORAGE_DIRECTORY" not in os.environ:
     set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "issuer-tests-hypothesis")
 
-DOC: dict[str, Any] = json.loads(resources.files("issuer").joinpath("openapi.json").read_bytes())
+DOC: dict[str, Any] = json.loads(
+    resources.files("issuer.web").joinpath("openapi.json").read_bytes()
+)
 
 # Random examples per operation (the fuzzing phase); the coverage phase adds its own
 # deterministic cases, some 10 to 60 per operation.

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import requests
 
-from issuer.emulator import WeChatEmulator
+from issuer.wechat.emulator import WeChatEmulator
 from tests.conftest import APPID, SECRET, Gunicorn, all_at_once
 from tests.workers import sessions_across_workers
 

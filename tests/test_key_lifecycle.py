@@ -20,21 +20,14 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-import issuer.keys as keys_module
+import issuer.keys.directory as keys_module
 from issuer import key_policy
-from issuer.datakeys import reseal_all
-from issuer.emulator import WeChatEmulator
-from issuer.keys import (
-    MANIFEST,
-    PUBLISH_MARGIN,
-    KeyDirectory,
-    KeyManager,
-    KeyPolicy,
-    KeyRing,
-    key_states,
-)
+from issuer.keys import KeyDirectory, KeyManager, KeyPolicy, KeyRing
+from issuer.keys.reseal import reseal_all
+from issuer.keys.ring import MANIFEST, PUBLISH_MARGIN, key_states
 from issuer.sealing import LiveSealer, UnsealError, associated_data, phone_aad
 from issuer.service import AuthService
+from issuer.wechat.emulator import WeChatEmulator
 
 from .conftest import APPID, FakeClock
 

@@ -20,17 +20,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from issuer.config import StartupError
-from issuer.keys import (
-    LOCK,
-    MANIFEST,
-    KeyDirectory,
-    KeyFileError,
-    KeyPolicy,
-    KeyRing,
-    data_key_id,
-    thumbprint,
-)
+from issuer.errors import KeyFileError, StartupError
+from issuer.keys import KeyDirectory, KeyPolicy, KeyRing
+from issuer.keys.directory import LOCK
+from issuer.keys.ring import MANIFEST, data_key_id, thumbprint
 
 ROOT = Path(__file__).resolve().parent.parent
 ALGORITHMS = ["ES256", "RS256", "EdDSA"]

@@ -8,7 +8,7 @@ import json
 import jwt
 import pytest
 
-from issuer.emulator import Fault
+from issuer.wechat.emulator import Fault
 from tests.conftest import APPID, APPID2, SECRET, SECRET2
 from tests.pgserver import query, stored_bytes
 

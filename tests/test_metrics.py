@@ -28,9 +28,8 @@ from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.parser import text_string_to_metric_families
 
 from issuer import StartupError
-from issuer.emulator import Fault, WeChatEmulator
-from issuer.http import REQUEST_OBSERVER
-from issuer.metrics import (
+from issuer.web.http import REQUEST_OBSERVER
+from issuer.web.metrics import (
     CONTENT_TYPE,
     CREATED_DIR,
     MULTIPROC_DIR,
@@ -39,6 +38,7 @@ from issuer.metrics import (
     prepare_multiprocess_dir,
     worker_exited,
 )
+from issuer.wechat.emulator import Fault, WeChatEmulator
 from tests.conftest import APPID, APPID2, SECRET, SECRET2, FakeClock, Gunicorn, free_port
 from tests.test_openapi import DOC, documented_response
 from tests.workers import connections_to_two_workers, worker_of, worker_pids

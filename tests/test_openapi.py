@@ -1,4 +1,4 @@
-"""The OpenAPI document (issuer/openapi.json): well-formed, served, and true to the app.
+"""The OpenAPI document (issuer/web/openapi.json): well-formed, served, and true to the app.
 
 Without a validator dependency: structural checks of the document, route parity with the
 app's URL map, and real responses checked against the documented schemas by a small
@@ -17,7 +17,7 @@ import pytest
 
 from tests.conftest import APPID
 
-DOCUMENT_BYTES = resources.files("issuer").joinpath("openapi.json").read_bytes()
+DOCUMENT_BYTES = resources.files("issuer.web").joinpath("openapi.json").read_bytes()
 DOC: dict[str, Any] = json.loads(DOCUMENT_BYTES)
 
 METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}

@@ -19,8 +19,8 @@ import requests
 from flask import Flask
 
 from issuer import StartupError, create_app
-from issuer.emulator import WeChatEmulator
-from issuer.ratelimit import key_prefix
+from issuer.web.ratelimit import key_prefix
+from issuer.wechat.emulator import WeChatEmulator
 from tests.conftest import APPID, FakeClock, Gunicorn, ServerThread, free_port
 from tests.redisserver import RedisServer
 from tests.workers import connection_owners, sessions_across_workers

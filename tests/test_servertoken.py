@@ -1,4 +1,4 @@
-"""WeChat server access tokens (issuer.servertoken): cached in the store, shared by every
+"""WeChat server access tokens (issuer.wechat.servertoken): cached in the store, shared by every
 worker, refreshed by one process at a time (SPEC §2 ``/wechat/phone``).
 
 Most tests run a loopback emulator of their own on the test's FakeClock, so WeChat's token
@@ -18,10 +18,10 @@ import requests
 from flask import Flask
 
 from issuer.config import WeChatApp
-from issuer.emulator import SERVER_TOKEN_LIFETIME, Fault, WeChatEmulator
 from issuer.errors import UpstreamMisconfigured
-from issuer.servertoken import LEASE_SECONDS, REFETCH_INTERVAL, REFRESH_AHEAD, ServerTokens
 from issuer.store import Store
+from issuer.wechat.emulator import SERVER_TOKEN_LIFETIME, Fault, WeChatEmulator
+from issuer.wechat.servertoken import LEASE_SECONDS, REFETCH_INTERVAL, REFRESH_AHEAD, ServerTokens
 from tests.conftest import APPID, SECRET, FakeClock, Gunicorn, ServerThread, all_at_once
 from tests.test_gunicorn import log_in, sessions_across_workers
 

@@ -42,8 +42,8 @@ from flask.testing import FlaskClient
 
 import issuer.store.postgres as postgres_store
 import issuer.store.sqlite as sqlite_store
-from issuer.emulator import WeChatEmulator
 from issuer.store.postgres import close_all
+from issuer.wechat.emulator import WeChatEmulator
 from tests.conftest import APPID
 from tests.pgserver import PostgresServer, query
 

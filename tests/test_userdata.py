@@ -23,8 +23,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-from issuer.emulator import Fault, WeChatEmulator
-from issuer.wxcrypto import check_session_signature
+from issuer.wechat.crypto import check_session_signature
+from issuer.wechat.emulator import Fault, WeChatEmulator
 from tests.conftest import APPID, APPID2, SECRET, SECRET2
 from tests.pgserver import query as database_query
 from tests.pgserver import stored_bytes

@@ -32,9 +32,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from flask import Flask, g, jsonify
 from jwt.algorithms import ECAlgorithm
 
-from issuer.emulator import WeChatEmulator
 from issuer.keys import KeyDirectory, SigningKey
 from issuer.verify import AccessTokenVerifier, InvalidAccessToken, JwksCache, require_access_token
+from issuer.wechat.emulator import WeChatEmulator
 from tests.conftest import APPID, FakeClock, ServerThread, all_at_once, free_port
 
 ISSUER = "http://issuer.test"

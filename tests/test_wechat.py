@@ -24,7 +24,6 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from issuer.config import WeChatApp
-from issuer.emulator import Fault, WeChatEmulator
 from issuer.errors import (
     AccessDenied,
     InvalidGrant,
@@ -34,7 +33,8 @@ from issuer.errors import (
     UpstreamMisconfigured,
     UpstreamTimeout,
 )
-from issuer.wechat import CodeSession, WeChatClient
+from issuer.wechat.client import CodeSession, WeChatClient
+from issuer.wechat.emulator import Fault, WeChatEmulator
 from tests.conftest import APPID, SECRET
 
 JSCODE2SESSION = "/sns/jscode2session"

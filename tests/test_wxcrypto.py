@@ -1,4 +1,4 @@
-"""WeChat's own cryptography (issuer.wxcrypto): the public vectors byte for byte, and every way
+"""WeChat's own cryptography (issuer.wechat.crypto): the public vectors byte for byte, and every way
 an ``encryptedData`` + ``iv`` pair can be malformed (SPEC §2 decrypt rows).
 
 The vectors are WeChat's official decrypt sample and signature examples (the same values
@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from issuer.errors import InvalidRequest, SessionKeyMismatch
-from issuer.wxcrypto import (
+from issuer.wechat.crypto import (
     check_session_signature,
     decode_base64,
     decrypt_user_data,

@@ -17,7 +17,7 @@ from flask import Flask, Response, current_app, g, has_request_context, request
 from limits.errors import StorageError
 from werkzeug.exceptions import HTTPException
 
-from .errors import (
+from ..errors import (
     InvalidRequest,
     InvalidToken,
     IssuerError,
@@ -28,8 +28,8 @@ from .errors import (
     SlowDown,
     TemporarilyUnavailable,
 )
-from .logs import request_id_from
-from .store import StoreUnavailable
+from ..logs import request_id_from
+from ..store import StoreUnavailable
 
 log = logging.getLogger("issuer.http")
 access_log = logging.getLogger("issuer.access")

@@ -22,7 +22,7 @@ from typing import Any
 from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from .errors import InvalidRequest, SessionKeyMismatch
+from ..errors import InvalidRequest, SessionKeyMismatch
 
 BLOCK_BYTES = 16
 MAX_ENCRYPTED_BYTES = 12 * 1024

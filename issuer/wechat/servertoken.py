@@ -22,11 +22,11 @@ import secrets
 import time
 from collections.abc import Callable
 
-from .config import WeChatApp
-from .errors import TemporarilyUnavailable
-from .sealing import Seals, UnsealError, server_token_aad
-from .store import ServerToken, Store
-from .wechat import WeChatClient
+from ..config import WeChatApp
+from ..errors import TemporarilyUnavailable
+from ..sealing import Seals, UnsealError, server_token_aad
+from ..store import ServerToken, Store
+from .client import WeChatClient
 
 log = logging.getLogger("issuer.servertoken")
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from .sealing import AAD_OF_KIND, Seals, UnsealError
-from .store import Store
+from ..sealing import AAD_OF_KIND, Seals, UnsealError
+from ..store import Store
 
 log = logging.getLogger("issuer.datakeys")
 

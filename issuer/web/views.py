@@ -15,12 +15,12 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, g, request
 
-from .errors import InvalidRequest, UnsupportedGrantType
+from ..errors import InvalidRequest, UnsupportedGrantType
+from ..service import AuthService, Caller
+from ..store import StoreUnavailable
+from ..userdata import UserData
 from .http import NO_STORE, json_response, read_params
 from .http import bearer_token as read_bearer_token
-from .service import AuthService, Caller
-from .store import StoreUnavailable
-from .userdata import UserData
 
 auth = Blueprint("auth", __name__)
 api = Blueprint("api", __name__)
@@ -183,7 +183,7 @@ def jwks() -> Response:
 @functools.cache
 def openapi_document() -> tuple[bytes, str]:
     """The bytes of ``issuer/openapi.json`` and their ETag, read once per process."""
-    body = resources.files("issuer").joinpath("openapi.json").read_bytes()
+    body = resources.files(__package__).joinpath("openapi.json").read_bytes()
     return body, hashlib.sha256(body).hexdigest()[:32]
 
 

@@ -34,7 +34,8 @@ from collections.abc import MutableMapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .config import StartupError, load_settings
+from ..config import load_settings
+from ..errors import StartupError
 
 if TYPE_CHECKING:
     from flask import Flask, Response

@@ -35,7 +35,7 @@ from flask import Flask, request
 from flask_limiter import Limiter
 from limits.storage import RedisStorage
 
-from .config import ConfigError, Settings
+from ..config import ConfigError, Settings
 
 log = logging.getLogger("issuer.ratelimit")
 

@@ -23,8 +23,8 @@ from typing import Any
 import requests
 from urllib3.exceptions import HTTPError, ReadTimeoutError
 
-from .config import WeChatApp
-from .errors import (
+from ..config import WeChatApp
+from ..errors import (
     AccessDenied,
     InvalidGrant,
     IssuerError,
