@@ -322,14 +322,42 @@ class AuthService:
 
     # -- logout (RFC 7009: unknown or ended sessions are not an error)
 
-    def logout_refresh_token(self, refresh_token: str) -> None:
-        """End the session of a refresh token, any token of its chain. Idempotent."""
+    def logout_refresh_token(self, refresh_token: str) -> bool:
+        """End the session of a refresh token, any token of its chain. Idempotent.
+
+        :returns: whether the token named a session (False: unknown or invalid, nothing done).
+        """
         try:
             session, _, _ = self._session_of(refresh_token)
         except InvalidGrant:
-            return
+            return False
         self.store.revoke_session(session.id, self.clock())
         log.info("logout sid=%s", session.id)
+        return True
+
+    def logout_token(self, token: str, hint: str | None = None) -> None:
+        """RFC 7009 §2.1 revocation: end the session of ``token``, a refresh or access token.
+
+        ``hint`` (``token_type_hint``) only orders the search: a token not found as the
+        hinted type is looked up as the other one, and an unknown hint is ignored. An access
+        token ends its session only while it verifies (signature, ``exp``): an expired one
+        has no power left. An unknown or invalid token revokes nothing and is not an error
+        (RFC 7009 §2.2).
+        """
+        kinds = [self.logout_refresh_token, self._logout_access_token]
+        if hint == "access_token":
+            kinds.reverse()
+        for revoke in kinds:
+            if revoke(token):
+                return
+
+    def _logout_access_token(self, access_token: str) -> bool:
+        try:
+            who = self.authenticate(access_token, require_live_session=False)
+        except InvalidToken:
+            return False
+        self.logout_caller(who)
+        return True
 
     def logout_caller(self, caller: Caller) -> None:
         self.store.revoke_session(caller.session.id, self.clock())

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import jwt
 import pytest
+from authlib.oauth2.rfc8414 import AuthorizationServerMetadata
 
 from issuer.keys import KeyDirectory
 
@@ -118,6 +119,16 @@ def test_metadata(client, login, path):
     assert meta["grant_types_supported"] == ["refresh_token"]
     assert meta["token_endpoint_auth_methods_supported"] == ["none"]
     assert meta["access_token_signing_alg_values_supported"] == ["ES256"]
+    # RFC 8414 §2: required and not empty; "none" until an authorization endpoint exists.
+    assert meta["response_types_supported"] == ["none"]
+    assert "authorization_endpoint" not in meta
+
+
+def test_metadata_passes_an_rfc8414_validator(client, monkeypatch):
+    """Authlib's own validation, as a stock OAuth client library runs it on discovery."""
+    monkeypatch.setenv("AUTHLIB_INSECURE_TRANSPORT", "1")  # the test issuer is http://
+    for path in ("/.well-known/openid-configuration", "/.well-known/oauth-authorization-server"):
+        AuthorizationServerMetadata(client.get(path).get_json()).validate()
 
 
 def test_healthz(client):

@@ -1,27 +1,36 @@
 /**
- * issuer client for WeChat mini-programs.
+ * issuer client for WeChat mini-programs: native `wx`, Taro and uni-app.
  *
- * Copy this one file into a mini-program and `require` it. It has no dependencies and is
- * plain ES2017 (no object spread, `??`, `?.` or `Promise#finally`), because the mini-program
- * compiler's "ES6 to ES5" switch is not always on and older base libraries lack ES2018+.
+ * Install it with npm (WeChat DevTools' "构建npm" builds it from `main`, this file) or copy
+ * this one file. It has no dependencies and is plain ES2017 (no object spread, `??`, `?.` or
+ * `Promise#finally`), because the mini-program compiler's "ES6 to ES5" switch is not always on
+ * and older base libraries lack ES2018+.
  *
- * Tokens are kept in wx storage so that they survive the mini-program being killed; wx storage
- * is private to the mini-program and the WeChat user, which is the best a mini-program has.
+ * Tokens are kept in the platform's storage (`wx.setStorageSync` and its Taro / uni-app twins)
+ * so that they survive the mini-program being killed; that storage is private to the
+ * mini-program and the WeChat user, which is the best a mini-program has. Another storage can
+ * be plugged in.
  */
 'use strict';
 
+const VERSION = '0.2.0';
 const DEFAULT_STORAGE_KEY = 'issuer.tokens';
 // Refresh a little before the server would refuse the token: the request still has to travel,
 // and the phone's clock only has to agree with itself (expires_at is computed from expires_in
 // on receipt, never from the JWT's exp, so clock skew between phone and server does not matter).
 const EXPIRY_MARGIN_MS = 30 * 1000;
+// Where a development-mode issuer's WeChat emulator mints wx.login codes for a test user.
+const DEV_LOGIN_PATH = '/_wechat/dev/wx.login';
+
+// -- errors: one class per kind of failure, all IssuerErrors (like supabase auth-js)
 
 /**
- * An error from issuer (its OAuth 2.0 JSON body), from the network, or from wx.login.
+ * Every error this client rejects with.
  *
  * @property {string} error        issuer's `error` code (`invalid_grant`, `invalid_token` …),
- *                                 or `network_error` / `wx_login_failed` / `http_<status>`.
- * @property {string} description  issuer's `error_description`, or wx's `errMsg`.
+ *                                 or `network_error` / `wx_login_failed` / `http_<status>` /
+ *                                 `invalid_response` / `no_tokens`.
+ * @property {string} description  issuer's `error_description`, or the platform's `errMsg`.
  * @property {number} statusCode   the HTTP status; 0 when no response arrived.
  * @property {*} data              the response body as received, if any.
  * @property {Object} header       the response headers, if any (e.g. `Retry-After` on 429).
@@ -35,6 +44,46 @@ class IssuerError extends Error {
     this.statusCode = statusCode || 0;
     this.data = data;
     this.header = header;
+  }
+}
+
+/** An HTTP answer of 400 or above, from issuer or from your API through `request()`. */
+class IssuerApiError extends IssuerError {
+  constructor(error, description, statusCode, data, header) {
+    super(error, description, statusCode, data, header);
+    this.name = 'IssuerApiError';
+  }
+}
+
+/** No answer: offline, DNS, TLS, a domain not on the allow-list, or a timeout. */
+class IssuerNetworkError extends IssuerError {
+  constructor(description) {
+    super('network_error', description);
+    this.name = 'IssuerNetworkError';
+  }
+}
+
+/** `wx.login()` (or Taro's / uni-app's, or the development hook) gave no code. */
+class WxLoginError extends IssuerError {
+  constructor(description) {
+    super('wx_login_failed', description);
+    this.name = 'WxLoginError';
+  }
+}
+
+/** issuer answered 200 without a token pair (a proxy or a wrong `baseUrl`, typically). */
+class InvalidResponseError extends IssuerError {
+  constructor(description, statusCode, data) {
+    super('invalid_response', description, statusCode, data);
+    this.name = 'InvalidResponseError';
+  }
+}
+
+/** The storage did not keep the tokens it was just given. */
+class StorageError extends IssuerError {
+  constructor(description) {
+    super('no_tokens', description);
+    this.name = 'StorageError';
   }
 }
 
@@ -53,40 +102,183 @@ function errorFromResponse(res) {
   const oauth = body && typeof body === 'object' ? body : {};
   const error = typeof oauth.error === 'string' ? oauth.error : 'http_' + res.statusCode;
   const description = typeof oauth.error_description === 'string' ? oauth.error_description : '';
-  return new IssuerError(error, description, res.statusCode, res.data, res.header);
+  return new IssuerApiError(error, description, res.statusCode, res.data, res.header);
 }
 
-function wxLogin(wx) {
-  return new Promise(function (resolve, reject) {
-    wx.login({
-      success: function (res) {
-        if (res && res.code) resolve(res.code);
-        else reject(new IssuerError('wx_login_failed', (res && res.errMsg) || 'wx.login gave no code'));
-      },
-      fail: function (res) {
-        reject(new IssuerError('wx_login_failed', (res && res.errMsg) || 'wx.login failed'));
-      },
-    });
+function failMessage(res, fallback) {
+  if (res && typeof res.errMsg === 'string') return res.errMsg;
+  if (res && typeof res.message === 'string') return res.message;
+  return fallback;
+}
+
+// -- platforms: the request, login and storage calls of wx, Taro and uni-app, as promises
+
+function withoutCallbacks(options) {
+  const call = {};
+  Object.keys(options).forEach(function (key) {
+    // The caller gets a promise; their own callbacks would fire for the first attempt only.
+    if (key !== 'success' && key !== 'fail' && key !== 'complete') call[key] = options[key];
   });
+  return call;
 }
 
-function wxRequest(wx, options) {
-  return new Promise(function (resolve, reject) {
-    const call = {};
-    Object.keys(options).forEach(function (key) {
-      // The caller gets a promise; their own callbacks would fire for the first attempt only.
-      if (key !== 'success' && key !== 'fail' && key !== 'complete') call[key] = options[key];
-    });
-    call.success = resolve;
-    call.fail = function (res) {
-      reject(new IssuerError('network_error', (res && res.errMsg) || 'request failed'));
-    };
-    wx.request(call);
+function syncStorage(api) {
+  return {
+    getItem: function (key) {
+      return api.getStorageSync(key);
+    },
+    setItem: function (key, value) {
+      api.setStorageSync(key, value);
+    },
+    removeItem: function (key) {
+      api.removeStorageSync(key);
+    },
+    // The *StorageSync functions keep objects as they are (serialised inside the platform).
+    keepsObjects: true,
+  };
+}
+
+/**
+ * Native mini-program `wx`: callback-style `wx.request` / `wx.login`, `wx.*StorageSync`.
+ *
+ * @param {Object} wx
+ * @returns {Platform}
+ */
+function wxPlatform(wx) {
+  return {
+    name: 'wx',
+    request: function (options) {
+      return new Promise(function (resolve, reject) {
+        const call = withoutCallbacks(options);
+        call.success = resolve;
+        call.fail = function (res) {
+          reject(new IssuerNetworkError(failMessage(res, 'request failed')));
+        };
+        wx.request(call);
+      });
+    },
+    login: function () {
+      return new Promise(function (resolve, reject) {
+        wx.login({
+          success: function (res) {
+            if (res && res.code) resolve(res.code);
+            else reject(new WxLoginError(failMessage(res, 'wx.login gave no code')));
+          },
+          fail: function (res) {
+            reject(new WxLoginError(failMessage(res, 'wx.login failed')));
+          },
+        });
+      });
+    },
+    storage: syncStorage(wx),
+  };
+}
+
+/**
+ * Taro (3 and 4): `Taro.request(options)` and `Taro.login()` return promises, which reject
+ * with `{errMsg}` (mini-program builds) or an `Error` (H5 builds) on failure.
+ *
+ * @param {Object} Taro  `import Taro from '@tarojs/taro'`
+ * @returns {Platform}
+ */
+function taroPlatform(Taro) {
+  return {
+    name: 'taro',
+    request: function (options) {
+      let pending;
+      try {
+        pending = Taro.request(withoutCallbacks(options));
+      } catch (e) {
+        return Promise.reject(new IssuerNetworkError(failMessage(e, 'request failed')));
+      }
+      return Promise.resolve(pending).then(null, function (res) {
+        throw new IssuerNetworkError(failMessage(res, 'request failed'));
+      });
+    },
+    login: function () {
+      return Promise.resolve()
+        .then(function () {
+          return Taro.login();
+        })
+        .then(
+          function (res) {
+            if (res && res.code) return res.code;
+            throw new WxLoginError(failMessage(res, 'Taro.login gave no code'));
+          },
+          function (res) {
+            throw new WxLoginError(failMessage(res, 'Taro.login failed'));
+          }
+        );
+    },
+    storage: syncStorage(Taro),
+  };
+}
+
+/**
+ * uni-app: called with `success` / `fail` callbacks, whose shape is the same under Vue 2 and
+ * Vue 3. (Without callbacks uni-app returns a promise, which resolves `[err, res]` under Vue 2
+ * but `res` under Vue 3: the callbacks avoid guessing which.)
+ *
+ * @param {Object} uni  the global `uni`
+ * @returns {Platform}
+ */
+function uniPlatform(uni) {
+  return {
+    name: 'uni',
+    request: function (options) {
+      return new Promise(function (resolve, reject) {
+        const call = withoutCallbacks(options);
+        call.success = resolve;
+        call.fail = function (res) {
+          reject(new IssuerNetworkError(failMessage(res, 'request failed')));
+        };
+        uni.request(call);
+      });
+    },
+    login: function () {
+      return new Promise(function (resolve, reject) {
+        uni.login({
+          provider: 'weixin',
+          success: function (res) {
+            if (res && res.code) resolve(res.code);
+            else reject(new WxLoginError(failMessage(res, 'uni.login gave no code')));
+          },
+          fail: function (res) {
+            reject(new WxLoginError(failMessage(res, 'uni.login failed')));
+          },
+        });
+      });
+    },
+    storage: syncStorage(uni),
+  };
+}
+
+function choosePlatform(config) {
+  const given = ['platform', 'wx', 'taro', 'uni'].filter(function (name) {
+    return config[name];
   });
+  if (given.length > 1) {
+    throw new TypeError('createClient: pass one of platform, wx, taro or uni, not ' + given.join(' and '));
+  }
+  if (config.platform) return config.platform;
+  if (config.taro) return taroPlatform(config.taro);
+  if (config.uni) return uniPlatform(config.uni);
+  const api = config.wx || (typeof wx !== 'undefined' ? wx : null);
+  if (!api) {
+    throw new TypeError('createClient: no wx object (pass wx, taro, uni or platform outside a mini-program)');
+  }
+  return wxPlatform(api);
 }
 
-function isStale(tokens) {
-  return !(tokens.expires_at > Date.now() + EXPIRY_MARGIN_MS);
+function isThenable(value) {
+  return value !== null && (typeof value === 'object' || typeof value === 'function') && typeof value.then === 'function';
+}
+
+function isLoopback(url) {
+  const match = /^https?:\/\/(\[[^\]]*\]|[^/:?#]*)/i.exec(url);
+  if (!match) return false;
+  const host = match[1].toLowerCase();
+  return host === 'localhost' || host === '[::1]' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(host);
 }
 
 /**
@@ -97,11 +289,20 @@ function isStale(tokens) {
  *                                     on the mini-program's request-domain allow-list.
  * @param {string} [config.appid]      sent with the login; only needed when issuer serves several
  *                                     mini-programs.
- * @param {string} [config.storageKey] the wx storage key the tokens live under
- *                                     (default `issuer.tokens`).
+ * @param {string} [config.storageKey] the storage key the tokens live under (default
+ *                                     `issuer.tokens`).
  * @param {Object} [config.wx]         the `wx` object (default: the global `wx`); tests pass a shim.
- * @returns {{login: function(): Promise<Object>, request: function(Object): Promise<Object>,
- *            logout: function(): Promise<boolean>, getTokens: function(): ?Object}}
+ * @param {Object} [config.taro]       `Taro` from `@tarojs/taro`, instead of `wx`.
+ * @param {Object} [config.uni]        uni-app's `uni`, instead of `wx`.
+ * @param {Platform} [config.platform] your own `{request, login, storage}`, instead of the above.
+ * @param {Storage} [config.storage]   where tokens are kept: `getItem` / `setItem` / `removeItem`
+ *                                     of strings, sync or returning promises (default: the
+ *                                     platform's `*StorageSync`).
+ * @param {{user?: string}|boolean} [config.devLogin]  development only: take login codes from
+ *                                     issuer's WeChat emulator (`make run`) for this test user
+ *                                     instead of `wx.login()`; refused unless `baseUrl` is a
+ *                                     loopback address.
+ * @returns {IssuerClient}
  */
 function createClient(config) {
   config = config || {};
@@ -109,21 +310,33 @@ function createClient(config) {
   const baseUrl = String(config.baseUrl).replace(/\/+$/, '');
   const appid = config.appid;
   const storageKey = config.storageKey || DEFAULT_STORAGE_KEY;
-  const api = config.wx || (typeof wx !== 'undefined' ? wx : null);
-  if (!api) throw new TypeError('createClient: no wx object (pass config.wx outside a mini-program)');
+  const platform = choosePlatform(config);
+  const storage = config.storage || platform.storage;
+  if (!storage || typeof storage.getItem !== 'function' || typeof storage.setItem !== 'function' || typeof storage.removeItem !== 'function') {
+    throw new TypeError('createClient: storage needs getItem, setItem and removeItem');
+  }
+  const devLogin = config.devLogin ? (config.devLogin === true ? {} : config.devLogin) : null;
+  if (devLogin && !isLoopback(baseUrl)) {
+    // The emulator exists only in a development-mode issuer, which only listens on loopback:
+    // a build that still asks for it must fail at once, not at every user's first login.
+    throw new TypeError('createClient: devLogin is for a development issuer on 127.0.0.1 only, not ' + baseUrl);
+  }
 
   // One login and one refresh at a time: a refresh token is spent by its first use, so two
   // concurrent refreshes would race (issuer's reuse grace forgives that, but only for a few
   // seconds, and every extra refresh is a wasted round trip on a phone network).
   let loginInFlight = null;
   let refreshInFlight = null;
+  // The tokens last read or written: what getTokens() answers when the storage is async.
+  let remembered = null;
+  const listeners = [];
 
   function url(path) {
     return /^https?:\/\//i.test(path) ? path : baseUrl + (path.charAt(0) === '/' ? '' : '/') + path;
   }
 
   function post(path, data) {
-    return wxRequest(api, {
+    return platform.request({
       url: url(path),
       method: 'POST',
       data: data,
@@ -132,28 +345,61 @@ function createClient(config) {
     });
   }
 
+  // -- storage
+
+  function normalise(stored) {
+    if (typeof stored === 'string' && stored) {
+      try {
+        stored = JSON.parse(stored);
+      } catch (e) {
+        return null;
+      }
+    }
+    if (!stored || typeof stored !== 'object' || typeof stored.access_token !== 'string' || typeof stored.refresh_token !== 'string') {
+      return null;
+    }
+    return stored;
+  }
+
+  function copy(tokens) {
+    return tokens ? Object.assign({}, tokens) : null;
+  }
+
+  async function loadTokens() {
+    let stored;
+    try {
+      stored = await storage.getItem(storageKey);
+    } catch (e) {
+      stored = null;
+    }
+    remembered = normalise(stored);
+    return copy(remembered);
+  }
+
   /**
-   * The stored tokens, or null when logged out.
+   * The stored tokens as they are, or null when logged out. The access token in them may
+   * have expired: use `getAccessToken()` for one that is fresh.
    *
-   * @returns {?{access_token: string, refresh_token: string, expires_at: number, user_id: string}}
-   *          `expires_at` is in milliseconds since the epoch, by the phone's clock.
+   * @returns {?Tokens}
    */
   function getTokens() {
     let stored;
     try {
-      stored = api.getStorageSync(storageKey);
+      stored = storage.getItem(storageKey);
     } catch (e) {
       return null;
     }
-    if (!stored || typeof stored !== 'object' || !stored.access_token || !stored.refresh_token) {
-      return null;
+    if (isThenable(stored)) {
+      stored.then(null, function () {});
+      return copy(remembered);
     }
-    return Object.assign({}, stored);
+    remembered = normalise(stored);
+    return copy(remembered);
   }
 
-  function storeTokens(body) {
+  async function storeTokens(body) {
     if (!body || typeof body.access_token !== 'string' || typeof body.refresh_token !== 'string') {
-      throw new IssuerError('invalid_response', 'issuer answered without a token pair', 200, body);
+      throw new InvalidResponseError('issuer answered without a token pair', 200, body);
     }
     const tokens = {
       access_token: body.access_token,
@@ -161,17 +407,57 @@ function createClient(config) {
       expires_at: Date.now() + Number(body.expires_in || 0) * 1000,
       user_id: body.user_id,
     };
-    api.setStorageSync(storageKey, tokens);
-    return tokens;
+    if (typeof body.refresh_token_expires_in === 'number') {
+      tokens.refresh_expires_at = Date.now() + body.refresh_token_expires_in * 1000;
+    }
+    await storage.setItem(storageKey, storage.keepsObjects ? tokens : JSON.stringify(tokens));
+    remembered = tokens;
+    return copy(tokens);
   }
 
-  function clearTokens() {
+  async function clearTokens() {
+    remembered = null;
     try {
-      api.removeStorageSync(storageKey);
+      await storage.removeItem(storageKey);
     } catch (e) {
       // Storage that cannot be cleared cannot be fixed from here either.
     }
   }
+
+  // -- auth state events
+
+  /**
+   * Be told when the user is signed in, the tokens are refreshed, or the user is signed out.
+   *
+   * @param {function(string, Object): void} listener  called with the event
+   *        (`SIGNED_IN`, `TOKEN_REFRESHED`, `SIGNED_OUT`) and `{tokens, reason?, isNewUser?,
+   *        error?}`.
+   * @returns {function(): void} unsubscribe.
+   */
+  function onAuthStateChange(listener) {
+    if (typeof listener !== 'function') throw new TypeError('onAuthStateChange: listener must be a function');
+    listeners.push(listener);
+    return function unsubscribe() {
+      const index = listeners.indexOf(listener);
+      if (index >= 0) listeners.splice(index, 1);
+    };
+  }
+
+  function emit(event, detail) {
+    listeners.slice().forEach(function (listener) {
+      try {
+        listener(event, detail);
+      } catch (e) {
+        // A listener's bug must not break the login it is told about; it still surfaces
+        // (App.onError in a mini-program, the console elsewhere).
+        setTimeout(function () {
+          throw e;
+        }, 0);
+      }
+    });
+  }
+
+  // -- login and refresh
 
   function shared(start, set) {
     const promise = start().then(
@@ -188,20 +474,40 @@ function createClient(config) {
     return promise;
   }
 
+  async function devCode() {
+    const body = { user: devLogin.user || 'miniprogram-dev' };
+    if (appid) body.appid = appid;
+    let res;
+    try {
+      res = await post(DEV_LOGIN_PATH, body);
+    } catch (e) {
+      throw new WxLoginError('issuer\'s development emulator cannot be reached: ' + e.description);
+    }
+    const data = parseBody(res.data);
+    if (res.statusCode !== 200 || !data || typeof data.code !== 'string') {
+      throw new WxLoginError(
+        'issuer\'s development emulator answered ' + res.statusCode + ' (is issuer running in development mode, `make run`?)'
+      );
+    }
+    return data.code;
+  }
+
   async function doLogin() {
-    const code = await wxLogin(api);
+    const code = devLogin ? await devCode() : await platform.login();
     const data = { code: code };
     if (appid) data.appid = appid;
     const res = await post('/auth/login', data);
     if (res.statusCode !== 200) throw errorFromResponse(res);
     const body = parseBody(res.data);
-    storeTokens(body);
+    const tokens = await storeTokens(body);
+    emit('SIGNED_IN', { tokens: tokens, isNewUser: body.is_new_user === true });
     return body;
   }
 
   /**
    * Log in: `wx.login()` for a one-time code, exchanged at issuer for a token pair that is
-   * stored in wx storage. Concurrent calls share one login.
+   * stored. Every call starts a new session; `ensureLogin()` reuses the stored one. Concurrent
+   * calls share one login.
    *
    * @returns {Promise<Object>} issuer's token response (`access_token`, `refresh_token`,
    *          `expires_in`, `user_id`, `is_new_user` …).
@@ -212,29 +518,95 @@ function createClient(config) {
     return loginInFlight || shared(doLogin, function (p) { loginInFlight = p; });
   }
 
+  async function sessionEnded(error) {
+    await clearTokens();
+    emit('SIGNED_OUT', { tokens: null, reason: 'session_ended', error: error });
+    await login();
+    return loadTokens();
+  }
+
   async function doRefresh() {
-    const tokens = getTokens();
+    const tokens = await loadTokens();
     if (!tokens) {
       await login();
-      return getTokens();
+      return loadTokens();
+    }
+    if (tokens.refresh_expires_at && tokens.refresh_expires_at <= Date.now()) {
+      // The session's absolute lifetime is over: issuer would only answer invalid_grant.
+      return sessionEnded(null);
     }
     const res = await post('/auth/refresh', { refresh_token: tokens.refresh_token });
-    if (res.statusCode === 200) return storeTokens(parseBody(res.data));
+    if (res.statusCode === 200) {
+      const fresh = await storeTokens(parseBody(res.data));
+      emit('TOKEN_REFRESHED', { tokens: fresh });
+      return fresh;
+    }
     const error = errorFromResponse(res);
     // invalid_grant means the session is over (expired, logged out, revoked after a reuse):
     // no retry of the refresh can help, only a new wx.login. Anything else (429, 503, network)
     // is passing, and logging in would only add load, so it is the caller's to retry.
     if (res.statusCode !== 400 || error.error !== 'invalid_grant') throw error;
-    const now = getTokens();
+    const now = await loadTokens();
     // Another client object sharing this storage key may have rotated the token meanwhile.
     if (now && now.refresh_token !== tokens.refresh_token) return now;
-    clearTokens();
-    await login();
-    return getTokens();
+    return sessionEnded(error);
   }
 
   function refresh() {
     return refreshInFlight || shared(doRefresh, function (p) { refreshInFlight = p; });
+  }
+
+  function usable(tokens) {
+    if (!tokens) throw new StorageError('the storage did not keep the tokens');
+    return tokens;
+  }
+
+  function isStale(tokens) {
+    return !(tokens.expires_at > Date.now() + EXPIRY_MARGIN_MS);
+  }
+
+  async function freshTokens() {
+    const tokens = await loadTokens();
+    if (!tokens) {
+      await login();
+      return usable(await loadTokens());
+    }
+    if (isStale(tokens)) return usable(await refresh());
+    return tokens;
+  }
+
+  /**
+   * A fresh access token, for what `request()` cannot send: `wx.uploadFile`,
+   * `wx.downloadFile`, `wx.connectSocket`, interceptors of other HTTP libraries. Logs in when
+   * there are no tokens; refreshes (one refresh shared by all callers) when the token is
+   * within 30 s of expiring.
+   *
+   * @returns {Promise<string>}
+   * @throws {IssuerError} as `login()` and a refresh can.
+   */
+  async function getAccessToken() {
+    return (await freshTokens()).access_token;
+  }
+
+  /**
+   * What `App.onLaunch` should call: keep the stored session when there is one (no network
+   * round trip, even offline), and log in only when there is none or it has run out. The
+   * access token is refreshed later, when a request needs it.
+   *
+   * @returns {Promise<Tokens>}
+   * @throws {IssuerError} when a login was needed and failed.
+   */
+  async function ensureLogin() {
+    const tokens = await loadTokens();
+    if (tokens && !(tokens.refresh_expires_at && tokens.refresh_expires_at <= Date.now())) {
+      return tokens;
+    }
+    if (tokens) {
+      await clearTokens();
+      emit('SIGNED_OUT', { tokens: null, reason: 'session_ended', error: null });
+    }
+    await login();
+    return usable(await loadTokens());
   }
 
   function send(options, accessToken) {
@@ -249,42 +621,32 @@ function createClient(config) {
     header.Authorization = 'Bearer ' + accessToken;
     call.url = url(options.url);
     call.header = header;
-    return wxRequest(api, call);
-  }
-
-  function usable(tokens) {
-    if (!tokens) throw new IssuerError('no_tokens', 'wx storage did not keep the tokens');
-    return tokens;
+    return platform.request(call);
   }
 
   /**
-   * `wx.request` with the access token, as a promise.
+   * `wx.request` (or Taro's / uni-app's) with the access token, as a promise.
    *
    * Logs in first when there are no tokens, refreshes first when the access token is (nearly)
    * expired. On a 401 it refreshes once (one refresh shared by all concurrent requests) and
    * retries once; when the refresh token is dead too it logs in again and retries once. It never
    * retries more than once, so a 401 that survives a fresh token is the caller's.
    *
-   * @param {Object} options  `wx.request` options; `url` may be a path on `baseUrl` (`/me`) or
+   * @param {Object} options  request options; `url` may be a path on `baseUrl` (`/me`) or
    *          a full URL of your own API (the access token is sent to it: only use your hosts).
    *          `success` / `fail` / `complete` are ignored.
-   * @returns {Promise<{statusCode: number, data: *, header: Object}>} the wx.request result,
+   * @returns {Promise<{statusCode: number, data: *, header: Object}>} the request's result,
    *          for statuses below 400.
-   * @throws {IssuerError} for statuses of 400 and above (`.error` from the OAuth body when there
-   *          is one, else `http_<status>`), network failures, or a failed login/refresh.
+   * @throws {IssuerError} `IssuerApiError` for statuses of 400 and above (`.error` from the
+   *          OAuth body when there is one, else `http_<status>`), `IssuerNetworkError`, or what
+   *          a failed login or refresh threw.
    */
   async function request(options) {
     if (!options || !options.url) throw new TypeError('request: options.url is required');
-    let tokens = getTokens();
-    if (!tokens) {
-      await login();
-      tokens = usable(getTokens());
-    } else if (isStale(tokens)) {
-      tokens = usable(await refresh());
-    }
+    let tokens = await freshTokens();
     let res = await send(options, tokens.access_token);
     if (res.statusCode === 401) {
-      const current = getTokens();
+      const current = await loadTokens();
       if (current && current.access_token !== tokens.access_token && !isStale(current)) {
         // A refresh finished while this request was out: its token is new enough, and
         // refreshing again would spend the refresh token for nothing.
@@ -311,7 +673,7 @@ function createClient(config) {
       return p.catch(function () {});
     });
     await Promise.all(pending);
-    const tokens = getTokens();
+    const tokens = await loadTokens();
     let confirmed = false;
     if (tokens) {
       try {
@@ -321,11 +683,32 @@ function createClient(config) {
         // Offline: clearing locally is still what the user asked for.
       }
     }
-    clearTokens();
+    await clearTokens();
+    if (tokens) emit('SIGNED_OUT', { tokens: null, reason: 'logout', error: null });
     return confirmed;
   }
 
-  return { login: login, request: request, logout: logout, getTokens: getTokens };
+  return {
+    login: login,
+    ensureLogin: ensureLogin,
+    getAccessToken: getAccessToken,
+    request: request,
+    logout: logout,
+    getTokens: getTokens,
+    onAuthStateChange: onAuthStateChange,
+  };
 }
 
-module.exports = { createClient: createClient, IssuerError: IssuerError };
+module.exports = {
+  VERSION: VERSION,
+  createClient: createClient,
+  wxPlatform: wxPlatform,
+  taroPlatform: taroPlatform,
+  uniPlatform: uniPlatform,
+  IssuerError: IssuerError,
+  IssuerApiError: IssuerApiError,
+  IssuerNetworkError: IssuerNetworkError,
+  WxLoginError: WxLoginError,
+  InvalidResponseError: InvalidResponseError,
+  StorageError: StorageError,
+};

@@ -77,15 +77,30 @@ def refresh() -> Response:
 
 @auth.post("/auth/logout")
 def logout() -> Response:
-    """End a login session by refresh token or Bearer token; always 204 (RFC 7009 §2.2)."""
+    """End a login session; the ``revocation_endpoint`` of the metadata (RFC 7009).
+
+    The session is named by RFC 7009's ``token`` (with an optional ``token_type_hint``), by
+    the ``refresh_token`` field, or by a Bearer access token; any of them, or several. Always
+    204 once the request is well formed, whether or not a session was found (RFC 7009 §2.2:
+    an invalid token is not an error the client could act on).
+    """
     svc = service()
     access_token = read_bearer_token(required=False)
-    refresh_token = None
+    token = hint = refresh_token = None
     if access_token is None or request.get_data(cache=True):
-        refresh_token = read_params(form=True).text("refresh_token", required=access_token is None)
+        params = read_params(form=True)
+        token = params.text("token", required=False)
+        hint = params.text("token_type_hint", required=False)
+        refresh_token = params.text("refresh_token", required=False)
+        if access_token is None and token is None and refresh_token is None:
+            raise InvalidRequest(
+                "Send the token to revoke (token, or refresh_token), or a Bearer access token."
+            )
     # A bad Bearer is refused before anything is revoked. It must verify; its session may
-    # already have ended (logout is idempotent).
+    # already have ended (logout is idempotent). A bad ``token`` is not refused (RFC 7009).
     who = svc.authenticate(access_token, require_live_session=False) if access_token else None
+    if token is not None:
+        svc.logout_token(token, hint)
     if refresh_token is not None:
         svc.logout_refresh_token(refresh_token)
     if who is not None:
@@ -200,6 +215,16 @@ def openapi() -> Response:
 @discovery.get("/.well-known/openid-configuration")
 @discovery.get("/.well-known/oauth-authorization-server")
 def metadata() -> Response:
+    """RFC 8414 authorization server metadata (also served as OpenID discovery).
+
+    ``response_types_supported`` is REQUIRED and must not be empty (RFC 8414 §2), yet issuer
+    has no authorization endpoint: its only grant is ``refresh_token``, used at the token
+    endpoint alone (RFC 7591 §2.1 pairs that grant with no response type). ``"none"`` is the
+    registered response type that issues nothing at the authorization endpoint (OAuth 2.0
+    Multiple Response Type Encoding Practices §4), the one value that claims no capability
+    issuer lacks. It becomes ``["code"]`` with the authorization code grant and its
+    ``authorization_endpoint``.
+    """
     svc = service()
     base = svc.settings.url.rstrip("/")
     body: dict[str, Any] = {
@@ -208,7 +233,7 @@ def metadata() -> Response:
         "token_endpoint": f"{base}/auth/refresh",
         "revocation_endpoint": f"{base}/auth/logout",
         "grant_types_supported": ["refresh_token"],
-        "response_types_supported": [],
+        "response_types_supported": ["none"],
         "token_endpoint_auth_methods_supported": ["none"],
         "revocation_endpoint_auth_methods_supported": ["none"],
         "access_token_signing_alg_values_supported": list(svc.keys().algorithms),

@@ -1,6 +1,11 @@
 /**
- * Just enough of the mini-program `wx` object for issuer.js to run in Node against a live
- * development-mode issuer: the "phone" side of wx.login is issuer's WeChat emulator.
+ * Just enough of the mini-program `wx` object, and of Taro's and uni-app's versions of it,
+ * for issuer.js to run in Node against a live development-mode issuer: the "phone" side of
+ * wx.login is issuer's WeChat emulator.
+ *
+ * The three differ where the real ones do: `wx` takes callbacks; `Taro.request` /
+ * `Taro.login` return promises that reject with `{errMsg}`; `uni` takes callbacks, and without
+ * them returns a promise that resolves `[err, res]` (Vue 2) or `res` (Vue 3).
  */
 'use strict';
 
@@ -96,4 +101,66 @@ function createWx(options) {
   };
 }
 
-module.exports = { createWx };
+// A callback-style call made a promise the way each framework does it.
+function promised(call, opts) {
+  return new Promise((resolve, reject) => {
+    call(Object.assign({}, opts, { success: resolve, fail: reject }));
+  });
+}
+
+/**
+ * `Taro` as `@tarojs/taro` has it in a weapp build: request and login return promises (and
+ * still call callbacks when given); storage as wx's.
+ */
+function createTaro(options) {
+  const wx = createWx(options);
+  const taro = Object.assign({}, wx);
+  taro.request = (opts) => {
+    const pending = promised(wx.request, opts || {});
+    pending.then(
+      (res) => opts && opts.success && opts.success(res),
+      (err) => opts && opts.fail && opts.fail(err)
+    );
+    return pending;
+  };
+  taro.login = (opts) => {
+    const pending = promised(wx.login, opts || {});
+    pending.then(
+      (res) => opts && opts.success && opts.success(res),
+      (err) => opts && opts.fail && opts.fail(err)
+    );
+    return pending;
+  };
+  // Tests replace these to make failures; the wrappers above call whatever is there now.
+  Object.defineProperty(taro, 'wx', { value: wx });
+  return taro;
+}
+
+/**
+ * `uni` in an mp-weixin build: callbacks as wx; without any callback, a promise that
+ * resolves `[err, res]` (`vue: 2`, the default of older projects) or `res` (`vue: 3`).
+ */
+function createUni(options) {
+  const wx = createWx(options);
+  const vue = options.vue || 3;
+  const uni = Object.assign({}, wx);
+  function uniApi(name) {
+    return (opts) => {
+      opts = opts || {};
+      if (name === 'login' && opts.provider !== undefined && opts.provider !== 'weixin') {
+        const fail = { errMsg: 'login:fail provider ' + opts.provider + ' is not available here' };
+        if (opts.fail) return opts.fail(fail);
+        return vue === 2 ? Promise.resolve([fail, undefined]) : Promise.reject(fail);
+      }
+      if (opts.success || opts.fail || opts.complete) return wx[name](opts);
+      const pending = promised(wx[name], opts);
+      return vue === 2 ? pending.then((res) => [null, res], (err) => [err, undefined]) : pending;
+    };
+  }
+  uni.request = uniApi('request');
+  uni.login = uniApi('login');
+  Object.defineProperty(uni, 'wx', { value: wx });
+  return uni;
+}
+
+module.exports = { createWx, createTaro, createUni };

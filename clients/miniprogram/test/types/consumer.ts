@@ -1,0 +1,76 @@
+// Compiled with `tsc --noEmit --strict` against the installed package: the hand-written
+// issuer.d.ts must accept what the README shows and refuse what the client refuses.
+import {
+  createClient,
+  IssuerError,
+  IssuerApiError,
+  WxLoginError,
+  type AuthChangeEvent,
+  type IssuerClient,
+  type Storage,
+  type Tokens,
+  type WxLike,
+  type TaroLike,
+} from 'issuer-miniprogram-client';
+
+declare const wx: WxLike;
+declare const Taro: TaroLike;
+declare const uni: WxLike;
+
+const issuer: IssuerClient = createClient({ baseUrl: 'https://login.example.com' });
+createClient({ baseUrl: 'https://login.example.com', wx, appid: 'wx0123456789abcdef' });
+createClient({ baseUrl: 'https://login.example.com', taro: Taro });
+createClient({ baseUrl: 'https://login.example.com', uni, storageKey: 'session' });
+createClient({ baseUrl: 'http://127.0.0.1:8000', devLogin: { user: 'alice' } });
+
+const memory = new Map<string, string>();
+const storage: Storage = {
+  getItem: async (key) => memory.get(key) ?? null,
+  setItem: (key, value) => void memory.set(key, value),
+  removeItem: (key) => void memory.delete(key),
+};
+createClient({ baseUrl: 'https://login.example.com', storage });
+
+// @ts-expect-error baseUrl is required
+createClient({ wx });
+// @ts-expect-error one platform at a time
+createClient({ baseUrl: 'https://login.example.com', wx, taro: Taro });
+// @ts-expect-error devLogin takes a user name, not a number
+createClient({ baseUrl: 'http://127.0.0.1:8000', devLogin: { user: 1 } });
+
+async function launch(): Promise<void> {
+  try {
+    const tokens: Tokens = await issuer.ensureLogin();
+    const expires: number = tokens.expires_at;
+    void expires;
+  } catch (err) {
+    if (err instanceof WxLoginError) console.warn(err.description);
+    else if (err instanceof IssuerApiError && err.statusCode === 429) console.warn(err.header);
+    else if (err instanceof IssuerError) console.warn(err.error);
+  }
+  const token: string = await issuer.getAccessToken();
+  const me = await issuer.request<{ user_id: string }>({ url: '/me', method: 'GET' });
+  const id: string = me.data.user_id;
+  const status: number = me.statusCode;
+  const body = await issuer.login();
+  const fresh: boolean = body.is_new_user;
+  const confirmed: boolean = await issuer.logout();
+  const now: Tokens | null = issuer.getTokens();
+  // @ts-expect-error getTokens() may be null
+  const user: string = issuer.getTokens().user_id;
+  // @ts-expect-error request() needs a url
+  await issuer.request({ method: 'GET' });
+  void [token, id, status, fresh, confirmed, now, user];
+}
+
+const unsubscribe: () => void = issuer.onAuthStateChange((event, detail) => {
+  const seen: AuthChangeEvent = event;
+  if (event === 'SIGNED_OUT' && detail.reason === 'session_ended') {
+    const error: IssuerError | null | undefined = detail.error;
+    void error;
+  }
+  const tokens: Tokens | null = detail.tokens;
+  void [seen, tokens];
+});
+unsubscribe();
+void launch;
