@@ -11,9 +11,12 @@ Reference: https://developers.weixin.qq.com/miniprogram/dev/OpenApiDoc/user-logi
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -50,6 +53,15 @@ CREDENTIAL_ERRCODES = frozenset({40001, 40002, 40013, 40125, 40164, 41002, 41004
 BUSY_RETRY_DELAY = 0.2
 # WeChat's 45011 means the per-minute quota is spent.
 RATE_LIMIT_RETRY_AFTER = 60
+# A session_key is base64 of an AES-128 key: 22 characters and "==" (re.fullmatch: no newline).
+SESSION_KEY_BYTES = 16
+SESSION_KEY_PATTERN = re.compile(r"[A-Za-z0-9+/]{22}==")
+# Characters of WeChat's errmsg kept in a log line, after redaction.
+MAX_ERRMSG_LOGGED = 200
+# A fragment of a secret this long at either end of an errmsg is redacted too: an upstream
+# that cut its own message may end it with the first characters of a secret it echoed.
+MIN_FRAGMENT = 4
+REDACTED = "[redacted]"
 # WeChat's answers are a few hundred bytes; anything far larger is not one.
 MAX_ANSWER_BYTES = 64 * 1024
 # The errcodes this client knows by number; metrics label any other as "other", so an
@@ -192,6 +204,15 @@ class WeChatClient:
         if not (_text(openid) and _text(session_key) and (unionid is None or _text(unionid))):
             log.error(
                 "WeChat answered jscode2session without openid/session_key (app %s)", app.appid
+            )
+            raise TemporarilyUnavailable("WeChat sent an unusable answer; retry shortly.")
+        if not is_session_key(str(session_key)):
+            # Stored, it would fail every later decrypt with a 500: refuse it here, and log
+            # only that it was malformed, never the value.
+            log.error(
+                "WeChat answered jscode2session with a session_key that is not base64 of "
+                "16 bytes (app %s)",
+                app.appid,
             )
             raise TemporarilyUnavailable("WeChat sent an unusable answer; retry shortly.")
         return CodeSession(openid=str(openid), session_key=str(session_key), unionid=unionid)
@@ -409,7 +430,9 @@ class WeChatClient:
     def _error(
         self, errcode: int, body: Mapping[str, Any], appid: str, redact: tuple[str, ...]
     ) -> IssuerError:
-        errmsg = _redacted(str(body.get("errmsg", ""))[:200], redact)
+        # Redact, then cut: cutting first could leave a prefix of a secret that the
+        # redaction no longer recognises.
+        errmsg = _redacted(str(body.get("errmsg", "")), redact)[:MAX_ERRMSG_LOGGED]
         if errcode == HIGH_RISK_USER:
             log.info("WeChat refused a high-risk user (errcode 40226, app %s)", appid)
             return AccessDenied("WeChat refused to log this user in (high-risk account).")
@@ -441,12 +464,35 @@ def errcode_label(errcode: object) -> str:
     return "other"
 
 
+def is_session_key(value: str) -> bool:
+    """Is ``value`` a WeChat session_key: standard base64 of the 16-byte AES-128 key that
+    decrypts ``encryptedData`` (WeChat's "开放数据校验与解密" guide)?"""
+    if not SESSION_KEY_PATTERN.fullmatch(value):
+        return False
+    try:
+        return len(base64.b64decode(value, validate=True)) == SESSION_KEY_BYTES
+    except (binascii.Error, ValueError):
+        return False
+
+
 def _text(value: object) -> bool:
     return isinstance(value, str) and 0 < len(value) <= 256
 
 
 def _redacted(text: str, secrets: tuple[str, ...]) -> str:
+    """``text`` with every secret, and any fragment of one cut at either end, replaced."""
     for secret in secrets:
-        if secret:
-            text = text.replace(secret, "[redacted]")
+        if not secret:
+            continue
+        text = text.replace(secret, REDACTED)
+        # The longest prefix of the secret that ends the text, the longest suffix that
+        # starts it (both shorter than the secret, or the replace above took them).
+        for size in range(len(secret) - 1, MIN_FRAGMENT - 1, -1):
+            if text.endswith(secret[:size]):
+                text = text[:-size] + REDACTED
+                break
+        for size in range(len(secret) - 1, MIN_FRAGMENT - 1, -1):
+            if text.startswith(secret[-size:]):
+                text = REDACTED + text[size:]
+                break
     return text
