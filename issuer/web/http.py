@@ -87,18 +87,42 @@ class Params:
         return value
 
 
+def request_body() -> bytes:
+    """The whole request body, at most :data:`MAX_BODY_BYTES`.
+
+    A body that declares its length is held to the limit by Werkzeug before a byte is read
+    (``MAX_CONTENT_LENGTH``). One sent chunked (RFC 9112 §7.1), without a length, is read by
+    Werkzeug up to the limit and silently cut there; so when exactly the limit arrived, one
+    more byte is asked of the server's stream, which ends where the chunked body does
+    (``wsgi.input_terminated``): any byte there means the body was larger.
+
+    :raises RequestTooLarge: the body is larger than the limit.
+    """
+    data = request.get_data(cache=True)
+    if (
+        len(data) >= MAX_BODY_BYTES
+        and request.content_length is None
+        and request.environ.get("wsgi.input_terminated")
+        and request.input_stream.read(1)
+    ):
+        raise RequestTooLarge()
+    return data
+
+
 def read_params(*, form: bool) -> Params:
     """Parse the body as a JSON object, or (``form``) also a urlencoded form.
 
     :raises InvalidRequest: no body, another content type, malformed, or a repeated field
         (RFC 6749 §3.2: parameters must not be included more than once).
     """
-    data = request.get_data(cache=True)
+    data = request_body()
     mimetype = request.mimetype
     accepted = f"{JSON} or {FORM}" if form else JSON
     if mimetype == JSON:
         try:
-            fields = json.loads(data)
+            fields = json.loads(data, object_pairs_hook=_unique_members)
+        except _DuplicateMember as duplicate:
+            raise InvalidRequest(f"{duplicate.name} must be sent once.") from None
         except (ValueError, RecursionError):
             raise InvalidRequest("The body is not valid JSON.") from None
         if not isinstance(fields, dict):
@@ -113,6 +137,35 @@ def read_params(*, form: bool) -> Params:
     if not data:
         raise InvalidRequest(f"The request body is missing; send {accepted}.")
     raise InvalidRequest(f"Content-Type must be {accepted}.")
+
+
+class _DuplicateMember(Exception):
+    """A JSON object names a member twice."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        # Named in the error: printable, and short enough for a sentence.
+        shown = json.dumps(name)
+        self.name = shown if len(shown) <= 66 else shown[:62] + '..."'
+
+
+def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """The object of ``pairs``, refusing a repeated name.
+
+    RFC 8259 §4 leaves duplicate names to the parser, and parsers disagree (Python keeps the
+    last, others the first): a body two parsers read differently is refused, as a repeated
+    form field is (RFC 6749 §3.2).
+
+    :raises _DuplicateMember: a name appears twice.
+    """
+    fields = dict(pairs)
+    if len(fields) != len(pairs):
+        seen: set[str] = set()
+        for name, _ in pairs:
+            if name in seen:
+                raise _DuplicateMember(name)
+            seen.add(name)
+    return fields
 
 
 def bearer_token(*, required: bool = True) -> str | None:
