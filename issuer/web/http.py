@@ -63,6 +63,15 @@ def render_error(error: IssuerError) -> Response:
     return response
 
 
+def _retry_after_on_503(response: Response) -> Response:
+    """``Retry-After: 1`` (RFC 9110 §10.2.3) on every 503: what is unavailable (WeChat, the
+    database, a key ring) is worth asking again at once, not after some window. A 429 sets
+    its own (:class:`SlowDown`); no other answer carries one."""
+    if response.status_code == 503:
+        response.headers["Retry-After"] = "1"
+    return response
+
+
 # -- request bodies
 
 
@@ -257,15 +266,18 @@ def _http_exception(exception: HTTPException) -> Response:
 
 
 def _limiter_retry_after() -> int:
-    limiter = current_app.extensions.get("issuer.limiter")
-    current = getattr(limiter, "current_limit", None)
+    """Whole seconds until the breached flask-limiter window resets."""
+    from .ratelimit import EXTENSION, retry_after  # the limiter is installed after this module
+
+    limits = current_app.extensions.get(EXTENSION)
+    current = limits.limiter.current_limit if limits is not None else None
     if current is None:
         return 60
     try:
-        reset_at = current.reset_at  # asks the limit storage once more
+        reset_at = current.window[0]  # asks the limit storage once more
     except StorageError:  # Redis went away between counting this request and answering it
         return 60
-    return max(1, int(reset_at - time.time()))
+    return retry_after(reset_at)
 
 
 def _store_unavailable(exception: StoreUnavailable) -> Response:
@@ -292,6 +304,7 @@ def install(app: Flask, *, observe: RequestObserver | None = None) -> None:
         app.extensions[REQUEST_OBSERVER] = observe
     app.before_request(_start_request)
     app.after_request(_finish_request)
+    app.after_request(_retry_after_on_503)
     app.register_error_handler(IssuerError, render_error)
     app.register_error_handler(StoreUnavailable, _store_unavailable)
     app.register_error_handler(HTTPException, _http_exception)

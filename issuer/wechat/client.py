@@ -39,6 +39,7 @@ from ..errors import (
 
 log = logging.getLogger("issuer.wechat")
 
+CODE_TO_SESSION = "/sns/jscode2session"
 BUSY = -1
 INVALID_CODE = 40029
 CODE_USED = 40163
@@ -146,6 +147,10 @@ class WeChatClient:
         self._local_pid: int | None = None
         self._session: requests.Session | None = None
         self._lock = threading.Lock()
+        # Told the appid before every call made for a logged-in user (all but the login
+        # exchange, which WeChat counts per user); raises SlowDown when the app's budget of
+        # calls is spent, so that WeChat's per-app quota never is. Set by the factory.
+        self.budget: Callable[[str], None] | None = None
 
     def _http(self) -> requests.Session:
         # One pooled session per process; a fork (gunicorn --preload) gets a fresh one.
@@ -186,7 +191,7 @@ class WeChatClient:
         }
         body = self._call(
             "GET",
-            "/sns/jscode2session",
+            CODE_TO_SESSION,
             app,
             params=params,
             redact=(app.secret, code),
@@ -320,6 +325,8 @@ class WeChatClient:
         the rest map as in :meth:`_error`.
         """
         for attempt in (1, 2):
+            if self.budget is not None and path != CODE_TO_SESSION:
+                self.budget(app.appid)  # a busy retry is a call too
             body = self._request(method, path, app.appid, params, json_body)
             errcode = body.get("errcode", 0)
             if errcode == BUSY and attempt == 1:
