@@ -12,13 +12,15 @@ What is limited, each rate a setting (``docs/limits.md`` has the reasons):
 - per user (the access token's ``sub``, once verified: an unverified ``sub`` would let anyone
   spend someone else's allowance): each of the three ``/wechat/*`` endpoints;
 - per WeChat app, across every host sharing the storage: the calls issuer makes to WeChat for
-  logged-in users (:class:`WeChatBudget`), refused with 429 ``slow_down`` before WeChat's own
-  per-app quota is spent. The login exchange (``jscode2session``) is not counted: WeChat counts
-  it per user, and the login limit already bounds it. The factory hands
-  :meth:`Limits.hit_app` to the WeChat client, which calls it before each such call.
+  logged-in users, refused with 429 ``slow_down`` before WeChat's own per-app quota is spent.
+  The factory hands :meth:`Limits.hit_app` to the WeChat client, which calls it before each
+  such call. The login exchange (``jscode2session``) is not counted: WeChat counts it per
+  user, and the login limit already bounds it.
 
 Only a 429 carries ``Retry-After`` (when the window resets) -- no ``X-RateLimit-*`` headers
 on the answers that passed: they told a client nothing it needs, on every answer.
+
+Where the counters live:
 
 - ``memory://`` counts in each worker process: with N workers a client gets up to N times the
   limit. A ``redis://`` URI counts once for every worker of every host. In memory, counters
@@ -53,7 +55,7 @@ from urllib.parse import unquote, urlsplit
 
 import limits
 import redis
-from flask import Flask, current_app, g, request
+from flask import Flask, current_app, g, has_app_context, request
 from flask_limiter import Limiter
 from limits.errors import StorageError
 from limits.storage import MemoryStorage, RedisStorage
@@ -246,7 +248,8 @@ class Limits:
                 # rather than failed, for the moment it takes to notice Redis is gone.
                 log.warning("rate limit storage failed; %s %s not counted", scope, name)
                 return
-            g.rate_limited = True  # for the metrics, as a flask-limiter 429 is
+            if has_app_context():
+                g.rate_limited = True  # for the metrics, as a flask-limiter 429 is
             log.info("rate limit %s reached for %s %s", item, scope, name)
             raise SlowDown(f"{refused}; retry later.", retry_after=retry_after(reset_at))
 
