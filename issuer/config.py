@@ -295,7 +295,7 @@ SETTINGS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     # Per client IP on /me, and on each /wechat/* endpoint; per user (token sub) on each
     # /wechat/* endpoint; per appid on issuer's calls to WeChat for users (docs/limits.md).
     "ratelimit_me": (_rate_limit, "600/minute"),
-    "ratelimit_wechat": (_rate_limit, "60/minute"),
+    "ratelimit_wechat": (_rate_limit, "120/minute"),
     "ratelimit_wechat_user": (_rate_limit, "20/minute"),
     "ratelimit_wechat_app": (_rate_limit, "600/minute"),
     "ratelimit_storage_uri": (_storage_uri, "memory://"),
