@@ -30,6 +30,7 @@ from ..errors import (
 )
 from ..logs import request_id_from
 from ..store import StoreUnavailable
+from .ratelimit import EXTENSION, retry_after
 
 log = logging.getLogger("issuer.http")
 access_log = logging.getLogger("issuer.access")
@@ -267,8 +268,6 @@ def _http_exception(exception: HTTPException) -> Response:
 
 def _limiter_retry_after() -> int:
     """Whole seconds until the breached flask-limiter window resets."""
-    from .ratelimit import EXTENSION, retry_after  # the limiter is installed after this module
-
     limits = current_app.extensions.get(EXTENSION)
     current = limits.limiter.current_limit if limits is not None else None
     if current is None:
