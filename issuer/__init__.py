@@ -101,7 +101,8 @@ def create_app(
     http.install(app, observe=metrics.observe_request if metrics else None)
     for blueprint in (views.auth, views.api, views.wechat_data, views.discovery, views.health):
         app.register_blueprint(blueprint)
-    ratelimit.install(app, settings)  # per client IP; shared across hosts through Redis
+    ratelimit.install(app, settings)  # per client IP and user; shared through Redis
+    wechat.budget = ratelimit.limits_of(app).hit_app  # per app, before WeChat's quota
     if metrics is not None:
         metrics.install(app)
         app.extensions["issuer.metrics"] = metrics

@@ -74,6 +74,10 @@ class Settings:
     leeway: int
     ratelimit_login: str
     ratelimit_refresh: str
+    ratelimit_me: str
+    ratelimit_wechat: str
+    ratelimit_wechat_user: str
+    ratelimit_wechat_app: str
     ratelimit_storage_uri: str = field(repr=False)  # may carry a Redis password
     proxy_hops: int
     wechat_api_base: str
@@ -288,6 +292,12 @@ SETTINGS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "leeway": (_whole(0, 30), 5),
     "ratelimit_login": (_rate_limit, "60/minute"),
     "ratelimit_refresh": (_rate_limit, "120/minute"),
+    # Per client IP on /me, and on each /wechat/* endpoint; per user (token sub) on each
+    # /wechat/* endpoint; per appid on issuer's calls to WeChat for users (docs/limits.md).
+    "ratelimit_me": (_rate_limit, "600/minute"),
+    "ratelimit_wechat": (_rate_limit, "120/minute"),
+    "ratelimit_wechat_user": (_rate_limit, "20/minute"),
+    "ratelimit_wechat_app": (_rate_limit, "600/minute"),
     "ratelimit_storage_uri": (_storage_uri, "memory://"),
     "proxy_hops": (_whole(0, 10), 0),
     "wechat_appid": (_text, None),

@@ -132,6 +132,12 @@ def verify_access_token(
         raise InvalidToken("The access token is malformed.") from None
     if FORBIDDEN_HEADERS & header.keys():
         raise InvalidToken("The access token carries a key-selection header issuer does not trust.")
+    # RFC 7515 §4.1.11: a recipient that does not understand every extension named in
+    # "crit" must reject the JWS. Issuer signs with none and understands none, so any "crit"
+    # (even one naming RFC 7797's b64, which the JWT library would accept) is refused here,
+    # whatever the library version checks.
+    if "crit" in header:
+        raise InvalidToken("The access token names a critical header extension issuer refuses.")
     typ = header.get("typ")
     if not isinstance(typ, str) or typ.lower() not in ACCEPTED_TYPES:
         raise InvalidToken("The token is not an access token (typ must be at+jwt).")

@@ -15,7 +15,8 @@ Everything is strict, as issuer itself verifies (RFC 8725, RFC 9068 §4): the ke
 ``kid`` among the keys published at the JWKS URL, the algorithm by that key (and it must be in
 ``algorithms``), never by the token; ``typ`` must be ``at+jwt``; ``iss`` and ``aud`` compare
 exactly; ``exp``, ``iat``, ``sub``, ``jti`` and ``client_id`` are required; ``jku``/``jwk``/
-``x5u``/``x5c`` headers and unknown ``crit`` are refused.
+``x5u``/``x5c`` headers are refused, and so is any ``crit`` header (RFC 7515 §4.1.11: issuer
+uses no JWS extension, so this helper understands none).
 
 Keys are cached for the JWKS ``Cache-Control: max-age`` (monotonic clock). A token with an
 unknown ``kid`` -- the first token of a freshly rotated key -- triggers one refetch, but at most

@@ -192,6 +192,10 @@ def settings_for(
             "apps": [{"appid": APPID, "secret": SECRET}],
             "ratelimit_login": "10000/minute",
             "ratelimit_refresh": "10000/minute",
+            "ratelimit_me": "10000/minute",
+            "ratelimit_wechat": "10000/minute",
+            "ratelimit_wechat_user": "10000/minute",
+            "ratelimit_wechat_app": "10000/minute",
         }
         config.update(overrides)
         return config
@@ -340,6 +344,10 @@ def gunicorn_env(tmp_path: Path, wechat_url: str) -> dict[str, str]:
         "ISSUER_WECHAT_SECRET": SECRET,
         "ISSUER_RATELIMIT_LOGIN": "10000/minute",
         "ISSUER_RATELIMIT_REFRESH": "10000/minute",
+        "ISSUER_RATELIMIT_ME": "10000/minute",
+        "ISSUER_RATELIMIT_WECHAT": "10000/minute",
+        "ISSUER_RATELIMIT_WECHAT_USER": "10000/minute",
+        "ISSUER_RATELIMIT_WECHAT_APP": "10000/minute",
     }
 
 

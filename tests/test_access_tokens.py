@@ -158,6 +158,18 @@ def forged_cases(forge):
         "x5u header": forge(header={"x5u": "http://127.0.0.1:9/cert.pem"}),
         "jwk header": forge(header={"jwk": {"kty": "EC"}}),
         "unknown crit": forge(header={"crit": ["exp-ext"], "exp-ext": 1}),
+        # RFC 7515 §4.1.11: issuer understands no extension, so any crit is refused -- even
+        # one naming b64 (RFC 7797), which the JWT library itself understands.
+        "crit b64": _signed_as_written(
+            {"alg": "ES256", "typ": "at+jwt", "kid": ring.active.kid, "crit": ["b64"], "b64": True},
+            claims,
+            ring.active.private_key,
+        ),
+        "crit empty": _signed_as_written(
+            {"alg": "ES256", "typ": "at+jwt", "kid": ring.active.kid, "crit": []},
+            claims,
+            ring.active.private_key,
+        ),
         "sub wrong type": forge(claims={"sub": 123}),
         "client_id wrong type": forge(claims={"client_id": ["x"]}),
         "sid of no session": forge(claims={"sid": "A" * 22}),
@@ -177,6 +189,13 @@ def _hs256(claims, secret: bytes, kid: str) -> str:
     signing_input = f"{header}.{b64(claims)}".encode()
     signature = hmac.new(secret, signing_input, hashlib.sha256).digest()
     return f"{signing_input.decode()}.{b64(signature)}"
+
+
+def _signed_as_written(header, claims, key) -> str:
+    """A JWS with exactly this header, signed ES256 (the JWT library would rewrite b64)."""
+    signing_input = f"{b64(header)}.{b64(claims)}"
+    algorithm = jwt.algorithms.get_default_algorithms()["ES256"]
+    return f"{signing_input}.{b64(algorithm.sign(signing_input.encode(), key))}"
 
 
 def _without_kid(forge) -> str:

@@ -383,6 +383,9 @@ case(
     "crit unknown beside b64",
     lambda a: resign(a, {"crit": ["b64", "exp-ext"], "b64": True, "exp-ext": 1}),
 )
+# Understood by the JWT library (RFC 7797), not by issuer, which uses no extension at all.
+case("crit b64 with b64 true", lambda a: resign(a, {"crit": ["b64"], "b64": True}))
+case("crit naming kid", lambda a: resign(a, {"crit": ["kid"]}))
 case("x5c header", lambda a: resign(a, {"x5c": ["MIIB"]}))
 case("typ as a list", lambda a: resign(a, {"typ": ["at+jwt"]}))
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pytest
+import requests
 
 from tests.conftest import APPID
 
@@ -139,3 +141,81 @@ def test_one_access_line_per_request_with_route_outcome_and_sub(client, login, c
         "invalid_grant",
     )
     assert not hasattr(refresh, "sub")
+
+
+# -- request bodies
+
+
+@pytest.mark.parametrize(
+    ("body", "named"),
+    [
+        ('{"code": "a", "code": "b"}', '"code"'),
+        (
+            '{"refresh_token": "x", "grant_type": "refresh_token", "grant_type": "password"}',
+            '"grant_type"',
+        ),
+        ('{"code": "a", "nested": {"k": 1, "k": 2}}', '"k"'),
+    ],
+    ids=["top level", "after other members", "nested"],
+)
+def test_a_json_member_sent_twice_is_refused_naming_it(client, wechat, body, named):
+    """As a repeated form field is (RFC 6749 §3.2): parsers disagree on which copy wins."""
+    path = "/auth/refresh" if "refresh_token" in body else "/auth/login"
+    response = client.post(path, data=body, content_type="application/json")
+    assert response.status_code == 400, response.get_json()
+    assert response.get_json()["error"] == "invalid_request"
+    assert named in response.get_json()["error_description"]
+    assert wechat.calls == []  # refused before WeChat is asked anything
+
+
+def chunked(body: bytes, size: int = 4096):
+    """The body as a generator: requests sends it with Transfer-Encoding: chunked."""
+    for start in range(0, len(body), size):
+        yield body[start : start + size]
+
+
+def test_a_chunked_body_over_16_kib_is_413_not_cut(live_server, wechat):
+    """A body sent without a length is held to the same 16 KiB as one that declares it."""
+    # Valid JSON whose first 16 KiB are not: a cut body would be "not valid JSON" (400).
+    body = json.dumps({"code": wechat.mint_code(APPID), "padding": "x" * (20 * 1024)}).encode()
+    response = requests.post(
+        live_server + "/auth/login",
+        data=chunked(body),
+        headers={"Content-Type": "application/json"},
+        timeout=10,
+    )
+    assert response.request.headers.get("Transfer-Encoding") == "chunked"
+    assert response.status_code == 413, response.text
+    assert response.json()["error"] == "invalid_request"
+    assert wechat.calls == []
+
+
+@pytest.mark.parametrize("size", [12 * 1024, 16 * 1024], ids=["12 KiB", "exactly 16 KiB"])
+def test_a_chunked_body_up_to_16_kib_is_read_whole(live_server, wechat, size):
+    head = b'{"code": "%s", "padding": "' % wechat.mint_code(APPID).encode()
+    body = head + b"x" * (size - len(head) - 2) + b'"}'
+    assert len(body) == size
+    response = requests.post(
+        live_server + "/auth/login",
+        data=chunked(body),
+        headers={"Content-Type": "application/json"},
+        timeout=10,
+    )
+    assert response.request.headers.get("Transfer-Encoding") == "chunked"
+    assert response.status_code == 200, response.text
+
+
+@pytest.mark.slow
+def test_a_chunked_body_over_16_kib_is_413_under_gunicorn(gunicorn, gunicorn_env, wechat):
+    """The same under the production server, whose chunked reader is its own."""
+    server = gunicorn(gunicorn_env, workers=1)
+    body = json.dumps({"code": wechat.mint_code(APPID), "padding": "x" * (20 * 1024)}).encode()
+    response = requests.post(
+        server.url + "/auth/login",
+        data=chunked(body),
+        headers={"Content-Type": "application/json"},
+        timeout=10,
+    )
+    assert response.status_code == 413, response.text
+    assert response.json()["error"] == "invalid_request"
+    assert wechat.calls == []

@@ -315,6 +315,25 @@ def unknown_crit(app: Flask, token: str, listener: Listener) -> str:
     return sign_with_issuer_key(app, claims_now(), crit=["exp-policy"], **{"exp-policy": 1})
 
 
+def signed_as_written(app: Flask, claims: dict[str, Any], **headers: Any) -> str:
+    """Claims signed by issuer's real key under exactly this header (the JWT library would
+    drop a ``b64: true``)."""
+    key = active_key(app)
+    header = {"alg": key.alg, "kid": key.kid, "typ": "at+jwt", **headers}
+    signing_input = f"{b64(header)}.{b64(claims)}"
+    algorithm = jwt.algorithms.get_default_algorithms()[key.alg]
+    return f"{signing_input}.{b64(algorithm.sign(signing_input.encode(), key.private_key))}"
+
+
+def crit_b64(app: Flask, token: str, listener: Listener) -> str:
+    """RFC 7515 §4.1.11: the verifier understands no extension, not even RFC 7797's b64."""
+    return signed_as_written(app, claims_now(), crit=["b64"], b64=True)
+
+
+def crit_empty(app: Flask, token: str, listener: Listener) -> str:
+    return signed_as_written(app, claims_now(), crit=[])
+
+
 def jku_at_listener(app: Flask, token: str, listener: Listener) -> str:
     """A jku pointing at a server the attacker controls: must never be fetched."""
     attacker = ec.generate_private_key(ec.SECP256R1())
@@ -365,6 +384,8 @@ ATTACKS = [
     without_client_id,
     without_jti,
     unknown_crit,
+    crit_b64,
+    crit_empty,
     jku_at_listener,
     jku_with_issuer_kid,
     x5u_at_listener,

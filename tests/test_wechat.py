@@ -150,9 +150,13 @@ def test_client_without_unionid(
 def test_client_accepts_an_explicit_errcode_zero(
     make_client: MakeClient, wechat: WeChatEmulator, wechat_url: str
 ) -> None:
-    wechat.inject(Fault(body='{"errcode": 0, "errmsg": "ok", "openid": "o1", "session_key": "k1"}'))
+    # A well-formed session_key: base64 of 16 bytes (a malformed one is refused, below).
+    key = "tiihtNczf5v6AKRyjwEUhQ=="
+    wechat.inject(
+        Fault(body=json.dumps({"errcode": 0, "errmsg": "ok", "openid": "o1", "session_key": key}))
+    )
     answer = make_client(wechat_url, 2).code_to_session(APP, "anycode")
-    assert (answer.openid, answer.session_key, answer.unionid) == ("o1", "k1", None)
+    assert (answer.openid, answer.session_key, answer.unionid) == ("o1", key, None)
 
 
 @pytest.mark.parametrize(
@@ -459,3 +463,63 @@ def test_secrets_are_never_logged(
     for label, value in secrets_.items():
         assert value not in out, f"{label} appears on stdout"
         assert value not in err, f"{label} appears on stderr"
+
+
+@pytest.mark.parametrize(
+    "errmsg",
+    [
+        # The secret straddles the 200th character, where the logged errmsg is cut.
+        "x" * 190 + SECRET + " tail",
+        # The upstream cut its own message inside the secret it echoed.
+        "invalid appsecret " + SECRET[:20],
+        # ... or began it with the end of one.
+        SECRET[-20:] + " is not the appsecret",
+    ],
+    ids=["straddling-the-cut", "ending-in-a-prefix", "starting-with-a-suffix"],
+)
+def test_errmsg_never_logs_a_fragment_of_the_secret(
+    make_client: MakeClient,
+    wechat: WeChatEmulator,
+    wechat_url: str,
+    caplog: pytest.LogCaptureFixture,
+    errmsg: str,
+) -> None:
+    client = make_client(wechat_url, 2)
+    caplog.set_level(logging.DEBUG, logger="issuer")
+    wechat.inject(Fault(body=json.dumps({"errcode": 40125, "errmsg": errmsg})))
+    with pytest.raises(UpstreamMisconfigured):
+        client.code_to_session(APP, wechat.mint_code(APPID))
+    logged = [r.getMessage() for r in caplog.records if r.name.startswith("issuer")]
+    assert any("40125" in line for line in logged), logged  # the errmsg line is there
+    for line in logged:
+        # No run of 10 characters of the secret survives anywhere in the line.
+        for start in range(len(SECRET) - 9):
+            assert SECRET[start : start + 10] not in line, line
+
+
+@pytest.mark.parametrize(
+    "session_key",
+    [
+        "k1",  # not base64 of 16 bytes
+        "not base64 at all!!!!!!!",
+        "AAAAAAAAAAAAAAAAAAAAAAAAAAAA",  # base64, but of 21 bytes
+        "AAAAAAAAAAAAAAAAAAAAAA==\n",  # a stray newline after a valid key
+    ],
+)
+def test_a_session_key_that_is_not_16_bytes_is_refused_at_the_edge(
+    client: FlaskClient,
+    app: Flask,
+    wechat: WeChatEmulator,
+    caplog: pytest.LogCaptureFixture,
+    session_key: str,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="issuer")
+    wechat.inject(
+        Fault(body=json.dumps({"errcode": 0, "openid": "o-bad-key", "session_key": session_key}))
+    )
+    response = post_login(client, wechat.mint_code(APPID))
+    assert_error(response, 503, "temporarily_unavailable")
+    assert row_counts(app) == dict.fromkeys(TABLES, 0)
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "session_key" in logged
+    assert session_key.strip() not in logged

@@ -30,6 +30,7 @@ from ..errors import (
 )
 from ..logs import request_id_from
 from ..store import StoreUnavailable
+from .ratelimit import EXTENSION, retry_after
 
 log = logging.getLogger("issuer.http")
 access_log = logging.getLogger("issuer.access")
@@ -63,6 +64,15 @@ def render_error(error: IssuerError) -> Response:
     return response
 
 
+def _retry_after_on_503(response: Response) -> Response:
+    """``Retry-After: 1`` (RFC 9110 §10.2.3) on every 503: what is unavailable (WeChat, the
+    database, a key ring) is worth asking again at once, not after some window. A 429 sets
+    its own (:class:`SlowDown`); no other answer carries one."""
+    if response.status_code == 503:
+        response.headers["Retry-After"] = "1"
+    return response
+
+
 # -- request bodies
 
 
@@ -87,18 +97,42 @@ class Params:
         return value
 
 
+def request_body() -> bytes:
+    """The whole request body, at most :data:`MAX_BODY_BYTES`.
+
+    A body that declares its length is held to the limit by Werkzeug before a byte is read
+    (``MAX_CONTENT_LENGTH``). One sent chunked (RFC 9112 §7.1), without a length, is read by
+    Werkzeug up to the limit and silently cut there; so when exactly the limit arrived, one
+    more byte is asked of the server's stream, which ends where the chunked body does
+    (``wsgi.input_terminated``): any byte there means the body was larger.
+
+    :raises RequestTooLarge: the body is larger than the limit.
+    """
+    data = request.get_data(cache=True)
+    if (
+        len(data) >= MAX_BODY_BYTES
+        and request.content_length is None
+        and request.environ.get("wsgi.input_terminated")
+        and request.input_stream.read(1)
+    ):
+        raise RequestTooLarge()
+    return data
+
+
 def read_params(*, form: bool) -> Params:
     """Parse the body as a JSON object, or (``form``) also a urlencoded form.
 
     :raises InvalidRequest: no body, another content type, malformed, or a repeated field
         (RFC 6749 §3.2: parameters must not be included more than once).
     """
-    data = request.get_data(cache=True)
+    data = request_body()
     mimetype = request.mimetype
     accepted = f"{JSON} or {FORM}" if form else JSON
     if mimetype == JSON:
         try:
-            fields = json.loads(data)
+            fields = json.loads(data, object_pairs_hook=_unique_members)
+        except _DuplicateMember as duplicate:
+            raise InvalidRequest(f"{duplicate.name} must be sent once.") from None
         except (ValueError, RecursionError):
             raise InvalidRequest("The body is not valid JSON.") from None
         if not isinstance(fields, dict):
@@ -113,6 +147,35 @@ def read_params(*, form: bool) -> Params:
     if not data:
         raise InvalidRequest(f"The request body is missing; send {accepted}.")
     raise InvalidRequest(f"Content-Type must be {accepted}.")
+
+
+class _DuplicateMember(Exception):
+    """A JSON object names a member twice."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        # Named in the error: printable, and short enough for a sentence.
+        shown = json.dumps(name)
+        self.name = shown if len(shown) <= 66 else shown[:62] + '..."'
+
+
+def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """The object of ``pairs``, refusing a repeated name.
+
+    RFC 8259 §4 leaves duplicate names to the parser, and parsers disagree (Python keeps the
+    last, others the first): a body two parsers read differently is refused, as a repeated
+    form field is (RFC 6749 §3.2).
+
+    :raises _DuplicateMember: a name appears twice.
+    """
+    fields = dict(pairs)
+    if len(fields) != len(pairs):
+        seen: set[str] = set()
+        for name, _ in pairs:
+            if name in seen:
+                raise _DuplicateMember(name)
+            seen.add(name)
+    return fields
 
 
 def bearer_token(*, required: bool = True) -> str | None:
@@ -204,15 +267,16 @@ def _http_exception(exception: HTTPException) -> Response:
 
 
 def _limiter_retry_after() -> int:
-    limiter = current_app.extensions.get("issuer.limiter")
-    current = getattr(limiter, "current_limit", None)
+    """Whole seconds until the breached flask-limiter window resets."""
+    limits = current_app.extensions.get(EXTENSION)
+    current = limits.limiter.current_limit if limits is not None else None
     if current is None:
         return 60
     try:
-        reset_at = current.reset_at  # asks the limit storage once more
+        reset_at = current.window[0]  # asks the limit storage once more
     except StorageError:  # Redis went away between counting this request and answering it
         return 60
-    return max(1, int(reset_at - time.time()))
+    return retry_after(reset_at)
 
 
 def _store_unavailable(exception: StoreUnavailable) -> Response:
@@ -239,6 +303,7 @@ def install(app: Flask, *, observe: RequestObserver | None = None) -> None:
         app.extensions[REQUEST_OBSERVER] = observe
     app.before_request(_start_request)
     app.after_request(_finish_request)
+    app.after_request(_retry_after_on_503)
     app.register_error_handler(IssuerError, render_error)
     app.register_error_handler(StoreUnavailable, _store_unavailable)
     app.register_error_handler(HTTPException, _http_exception)

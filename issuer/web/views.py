@@ -21,6 +21,7 @@ from ..store import StoreUnavailable
 from ..userdata import UserData
 from .http import NO_STORE, json_response, read_params
 from .http import bearer_token as read_bearer_token
+from .ratelimit import limits_of
 
 auth = Blueprint("auth", __name__)
 api = Blueprint("api", __name__)
@@ -45,6 +46,19 @@ def caller() -> Caller:
     assert token is not None
     who = service().authenticate(token)
     g.sub = who.claims["sub"]  # for the access log line
+    return who
+
+
+def limited_caller() -> Caller:
+    """:func:`caller`, counted against the user's allowance on this endpoint (it calls WeChat
+    or decrypts with the user's session_key). Counted once the token is verified, so only
+    the user can spend it.
+
+    :raises SlowDown: the user's allowance is spent.
+    """
+    who = caller()
+    assert request.endpoint is not None
+    limits_of().hit_user(who.claims["sub"], request.endpoint)
     return who
 
 
@@ -125,7 +139,7 @@ def me() -> Response:
 def decrypt() -> Response:
     """``encrypted_data`` + ``iv`` (camelCase also taken), optionally ``raw_data`` +
     ``signature``: decrypted with the caller's stored session_key."""
-    who = caller()
+    who = limited_caller()
     params = read_params(form=False)
 
     def field(snake: str, camel: str, *, required: bool = True) -> str | None:
@@ -149,7 +163,7 @@ def decrypt() -> Response:
 @wechat_data.post("/wechat/phone")
 def phone() -> Response:
     """``{"code"}`` from the phone-number button (not a wx.login code)."""
-    who = caller()
+    who = limited_caller()
     code = read_params(form=False).text("code")
     assert code is not None
     number = user_data().phone(who, code)
@@ -166,7 +180,7 @@ def phone() -> Response:
 @wechat_data.get("/wechat/session")
 def session_check() -> Response:
     """``{"valid": bool}``: is the stored session_key still the user's current one?"""
-    return json_response({"valid": user_data().session_is_current(caller())}, no_store=True)
+    return json_response({"valid": user_data().session_is_current(limited_caller())}, no_store=True)
 
 
 # -- discovery (RFC 7517 JWKS, RFC 8414 metadata)

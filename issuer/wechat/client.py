@@ -11,9 +11,12 @@ Reference: https://developers.weixin.qq.com/miniprogram/dev/OpenApiDoc/user-logi
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -36,6 +39,7 @@ from ..errors import (
 
 log = logging.getLogger("issuer.wechat")
 
+CODE_TO_SESSION = "/sns/jscode2session"
 BUSY = -1
 INVALID_CODE = 40029
 CODE_USED = 40163
@@ -50,6 +54,15 @@ CREDENTIAL_ERRCODES = frozenset({40001, 40002, 40013, 40125, 40164, 41002, 41004
 BUSY_RETRY_DELAY = 0.2
 # WeChat's 45011 means the per-minute quota is spent.
 RATE_LIMIT_RETRY_AFTER = 60
+# A session_key is base64 of an AES-128 key: 22 characters and "==" (re.fullmatch: no newline).
+SESSION_KEY_BYTES = 16
+SESSION_KEY_PATTERN = re.compile(r"[A-Za-z0-9+/]{22}==")
+# Characters of WeChat's errmsg kept in a log line, after redaction.
+MAX_ERRMSG_LOGGED = 200
+# A fragment of a secret this long at either end of an errmsg is redacted too: an upstream
+# that cut its own message may end it with the first characters of a secret it echoed.
+MIN_FRAGMENT = 4
+REDACTED = "[redacted]"
 # WeChat's answers are a few hundred bytes; anything far larger is not one.
 MAX_ANSWER_BYTES = 64 * 1024
 # The errcodes this client knows by number; metrics label any other as "other", so an
@@ -134,6 +147,10 @@ class WeChatClient:
         self._local_pid: int | None = None
         self._session: requests.Session | None = None
         self._lock = threading.Lock()
+        # Told the appid before every call made for a logged-in user (all but the login
+        # exchange, which WeChat counts per user); raises SlowDown when the app's budget of
+        # calls is spent, so that WeChat's per-app quota never is. Set by the factory.
+        self.budget: Callable[[str], None] | None = None
 
     def _http(self) -> requests.Session:
         # One pooled session per process; a fork (gunicorn --preload) gets a fresh one.
@@ -174,7 +191,7 @@ class WeChatClient:
         }
         body = self._call(
             "GET",
-            "/sns/jscode2session",
+            CODE_TO_SESSION,
             app,
             params=params,
             redact=(app.secret, code),
@@ -192,6 +209,15 @@ class WeChatClient:
         if not (_text(openid) and _text(session_key) and (unionid is None or _text(unionid))):
             log.error(
                 "WeChat answered jscode2session without openid/session_key (app %s)", app.appid
+            )
+            raise TemporarilyUnavailable("WeChat sent an unusable answer; retry shortly.")
+        if not is_session_key(str(session_key)):
+            # Stored, it would fail every later decrypt with a 500: refuse it here, and log
+            # only that it was malformed, never the value.
+            log.error(
+                "WeChat answered jscode2session with a session_key that is not base64 of "
+                "16 bytes (app %s)",
+                app.appid,
             )
             raise TemporarilyUnavailable("WeChat sent an unusable answer; retry shortly.")
         return CodeSession(openid=str(openid), session_key=str(session_key), unionid=unionid)
@@ -299,6 +325,8 @@ class WeChatClient:
         the rest map as in :meth:`_error`.
         """
         for attempt in (1, 2):
+            if self.budget is not None and path != CODE_TO_SESSION:
+                self.budget(app.appid)  # a busy retry is a call too
             body = self._request(method, path, app.appid, params, json_body)
             errcode = body.get("errcode", 0)
             if errcode == BUSY and attempt == 1:
@@ -409,7 +437,9 @@ class WeChatClient:
     def _error(
         self, errcode: int, body: Mapping[str, Any], appid: str, redact: tuple[str, ...]
     ) -> IssuerError:
-        errmsg = _redacted(str(body.get("errmsg", ""))[:200], redact)
+        # Redact, then cut: cutting first could leave a prefix of a secret that the
+        # redaction no longer recognises.
+        errmsg = _redacted(str(body.get("errmsg", "")), redact)[:MAX_ERRMSG_LOGGED]
         if errcode == HIGH_RISK_USER:
             log.info("WeChat refused a high-risk user (errcode 40226, app %s)", appid)
             return AccessDenied("WeChat refused to log this user in (high-risk account).")
@@ -441,12 +471,35 @@ def errcode_label(errcode: object) -> str:
     return "other"
 
 
+def is_session_key(value: str) -> bool:
+    """Is ``value`` a WeChat session_key: standard base64 of the 16-byte AES-128 key that
+    decrypts ``encryptedData`` (WeChat's "开放数据校验与解密" guide)?"""
+    if not SESSION_KEY_PATTERN.fullmatch(value):
+        return False
+    try:
+        return len(base64.b64decode(value, validate=True)) == SESSION_KEY_BYTES
+    except (binascii.Error, ValueError):
+        return False
+
+
 def _text(value: object) -> bool:
     return isinstance(value, str) and 0 < len(value) <= 256
 
 
 def _redacted(text: str, secrets: tuple[str, ...]) -> str:
+    """``text`` with every secret, and any fragment of one cut at either end, replaced."""
     for secret in secrets:
-        if secret:
-            text = text.replace(secret, "[redacted]")
+        if not secret:
+            continue
+        text = text.replace(secret, REDACTED)
+        # The longest prefix of the secret that ends the text, the longest suffix that
+        # starts it (both shorter than the secret, or the replace above took them).
+        for size in range(len(secret) - 1, MIN_FRAGMENT - 1, -1):
+            if text.endswith(secret[:size]):
+                text = text[:-size] + REDACTED
+                break
+        for size in range(len(secret) - 1, MIN_FRAGMENT - 1, -1):
+            if text.startswith(secret[-size:]):
+                text = REDACTED + text[size:]
+                break
     return text
