@@ -1,4 +1,4 @@
-"""issuer.verify, the helper downstream Python services verify access tokens with, over real HTTP.
+"""issuer_verify, the package downstream Python services verify access tokens with, over real HTTP.
 
 The issuer app is served on a loopback port; its tokens say ``iss = http://issuer.test`` while
 its JWKS is at the live URL, so every verifier here is given ``jwks_url`` explicitly. What is
@@ -33,8 +33,9 @@ from flask import Flask, g, jsonify
 from jwt.algorithms import ECAlgorithm
 
 from issuer.keys import KeyDirectory, SigningKey
-from issuer.verify import AccessTokenVerifier, InvalidAccessToken, JwksCache, require_access_token
 from issuer.wechat.emulator import WeChatEmulator
+from issuer_verify import AccessTokenVerifier, InvalidAccessToken, JwksCache
+from issuer_verify.flask import require_access_token
 from tests.conftest import APPID, FakeClock, ServerThread, all_at_once, free_port
 
 ISSUER = "http://issuer.test"
