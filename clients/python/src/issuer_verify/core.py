@@ -132,6 +132,8 @@ def verify_access_token(
         )
     except jwt.ExpiredSignatureError:
         raise InvalidAccessToken("The access token has expired.") from None
+    except jwt.ImmatureSignatureError:  # iat (or nbf) later than now plus the leeway
+        raise InvalidAccessToken("The access token is not valid yet.") from None
     except jwt.PyJWTError:
         raise InvalidAccessToken("The access token is invalid.") from None
     _check_claim_types(claims)
@@ -139,7 +141,7 @@ def verify_access_token(
     # leeway was not signed by an issuer with a sane clock. PyJWT checks this too since 2.10;
     # checking here keeps the rule whatever the library version does.
     if claims["iat"] > time.time() + policy.leeway:
-        raise InvalidAccessToken("The access token is issued in the future.")
+        raise InvalidAccessToken("The access token is not valid yet.")
     return claims
 
 
