@@ -403,6 +403,13 @@ def test_both_examples_refuse_forgeries(stack, node_example, wechat, listener):
         mac = b"" if key is None else hmac.new(key, signing_input.encode(), "sha256").digest()
         return f"{signing_input}.{b64url(mac)}"
 
+    def as_written(**header: Any) -> str:
+        """Signed under exactly this header: the JWT library would drop a ``b64: true``."""
+        full = {"alg": "ES256", "kid": kid, "typ": "at+jwt", **header}
+        signing_input = f"{b64url(json.dumps(full).encode())}.{b64url(json.dumps(good).encode())}"
+        algorithm = jwt.algorithms.get_default_algorithms()["ES256"]
+        return f"{signing_input}.{b64url(algorithm.sign(signing_input.encode(), private_key))}"
+
     def tampered(token: str, **changes: Any) -> str:
         header, _, signature = token.split(".")
         return f"{header}.{b64url(json.dumps({**good, **changes}).encode())}.{signature}"
@@ -439,6 +446,9 @@ def test_both_examples_refuse_forgeries(stack, node_example, wechat, listener):
         "jku": signed(jku=listener_url + "/jwks.json"),
         "x5u": signed(x5u=listener_url + "/cert.pem"),
         "unknown crit": signed(crit=["exp-policy"], **{"exp-policy": 1}),
+        # RFC 7515 §4.1.11: issuer uses no JWS extension, so it understands none, not even
+        # RFC 7797's b64 (which jose knows).
+        "crit b64": as_written(crit=["b64"], b64=True),
         "unknown kid": signed(kid="unknown"),
         "alg none": unsigned("none", None),
         "HS256 keyed with the public key": unsigned("HS256", public_pem),

@@ -87,6 +87,12 @@ async function verify(token) {
   if (FORBIDDEN_HEADERS.some((name) => name in header)) {
     throw new InvalidToken('The access token carries a key-selection header this service does not trust.');
   }
+  // RFC 7515 §4.1.11: a recipient must refuse a JWS naming an extension it does not
+  // understand. Issuer signs with none, so any crit is refused, even RFC 7797's b64 that jose
+  // would accept.
+  if ('crit' in header) {
+    throw new InvalidToken('The access token names a critical header extension issuer refuses.');
+  }
   if (typeof header.kid !== 'string' || header.kid === '') {
     throw new InvalidToken('The access token was not signed by a key of this issuer.');
   }
