@@ -10,7 +10,12 @@ import json
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar, cast
 
-from flask import Response, g, request
+try:
+    from flask import Response, g, request
+except ImportError as error:  # the rest of the package works without Flask; say what to add
+    raise ModuleNotFoundError(
+        "issuer_verify.flask needs Flask: pip install 'issuer-verify[flask]'", name="flask"
+    ) from error
 
 from .core import InvalidAccessToken, bearer_token
 
