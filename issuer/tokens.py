@@ -16,28 +16,23 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
-import math
 import secrets
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import jwt
 
+import issuer_verify
+from issuer_verify import ACCESS_TOKEN_TYPE, VerificationKey, VerificationPolicy
+
 from .errors import InvalidToken
 from .keys.ring import SigningKey, b64url
-
-ACCESS_TOKEN_TYPE = "at+jwt"  # noqa: S105 -- a media type, not a secret
-# RFC 9068 §4: "at+jwt", or its full media type; media types compare case-insensitively.
-ACCEPTED_TYPES = frozenset({"at+jwt", "application/at+jwt"})
-REQUIRED_CLAIMS = ("iss", "sub", "aud", "exp", "iat", "jti", "client_id")
-# RFC 8725 §3.10 / §2.8: headers that would let a token choose its own verification key.
-FORBIDDEN_HEADERS = frozenset({"jwk", "jku", "x5u", "x5c"})
-MAX_TOKEN_LENGTH = 8192
 
 REFRESH_PREFIX = "rt_"
 SID_BYTES = 16
@@ -56,6 +51,12 @@ class TokenPolicy:
     audience: str
     access_token_ttl: int
     leeway: int
+
+    @functools.cached_property
+    def verification(self) -> VerificationPolicy:
+        """The checks of :func:`verify_access_token`: this issuer, this audience, this leeway,
+        any algorithm issuer signs with (a retired key may predate an algorithm change)."""
+        return VerificationPolicy(issuer=self.issuer, audience=self.audience, leeway=self.leeway)
 
 
 def new_jti() -> str:
@@ -101,79 +102,23 @@ def sign_access_token(claims: Mapping[str, Any], key: SigningKey) -> str:
     )
 
 
-class VerificationKey(Protocol):
-    """A public key and the one algorithm it verifies."""
-
-    @property
-    def public_key(self) -> Any: ...
-
-    @property
-    def alg(self) -> str: ...
-
-
 def verify_access_token(
     token: str, key_for: Callable[[str], VerificationKey | None], policy: TokenPolicy
 ) -> dict[str, Any]:
-    """Verify an access token as strictly as it was signed (RFC 8725, RFC 9068 §4).
+    """Verify an access token as strictly as it was signed (RFC 8725, RFC 9068 §4), with the
+    same code downstream services use (:func:`issuer_verify.verify_access_token`).
 
-    The key is chosen by ``kid`` through ``key_for`` (issuer's own ring, or a downstream
-    service's JWKS cache) and the algorithm by that key; nothing in the token picks how it is
-    checked. ``exp``/``iat`` are checked against the wall clock with the policy's leeway.
+    The key is chosen by ``kid`` through ``key_for`` (issuer's own ring) and the algorithm by
+    that key; nothing in the token picks how it is checked.
 
     :returns: the claims.
     :raises InvalidToken: for any reason at all; the description says which, without detail
         an attacker could use.
     """
-    if len(token) > MAX_TOKEN_LENGTH or token.count(".") != 2:
-        raise InvalidToken("The access token is malformed.")
     try:
-        header = jwt.get_unverified_header(token)
-    except jwt.PyJWTError:
-        raise InvalidToken("The access token is malformed.") from None
-    if FORBIDDEN_HEADERS & header.keys():
-        raise InvalidToken("The access token carries a key-selection header issuer does not trust.")
-    # RFC 7515 §4.1.11: a recipient that does not understand every extension named in
-    # "crit" must reject the JWS. Issuer signs with none and understands none, so any "crit"
-    # (even one naming RFC 7797's b64, which the JWT library would accept) is refused here,
-    # whatever the library version checks.
-    if "crit" in header:
-        raise InvalidToken("The access token names a critical header extension issuer refuses.")
-    typ = header.get("typ")
-    if not isinstance(typ, str) or typ.lower() not in ACCEPTED_TYPES:
-        raise InvalidToken("The token is not an access token (typ must be at+jwt).")
-    kid = header.get("kid")
-    key = key_for(kid) if isinstance(kid, str) and 0 < len(kid) <= 256 else None
-    if key is None:
-        raise InvalidToken("The access token was not signed by a key of this issuer.")
-    try:
-        claims: dict[str, Any] = jwt.decode(
-            token,
-            key.public_key,
-            algorithms=[key.alg],
-            audience=policy.audience,
-            issuer=policy.issuer,
-            leeway=policy.leeway,
-            options={"require": list(REQUIRED_CLAIMS), "strict_aud": True},
-        )
-    except jwt.ExpiredSignatureError:
-        raise InvalidToken("The access token has expired.") from None
-    except jwt.PyJWTError:
-        raise InvalidToken("The access token is invalid.") from None
-    for name in ("sub", "client_id", "jti", "sid", "openid"):
-        if not isinstance(claims.get(name), str) or not claims[name]:
-            raise InvalidToken("The access token is invalid.")
-    # RFC 7519 §2 NumericDate: a JSON number. PyJWT converts strings and booleans with int().
-    for name in ("exp", "iat", "nbf"):
-        value = claims.get(name)
-        if name in claims and (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not math.isfinite(value)
-        ):
-            raise InvalidToken("The access token is invalid.")
-    if "unionid" in claims and not isinstance(claims["unionid"], str):
-        raise InvalidToken("The access token is invalid.")
-    return claims
+        return issuer_verify.verify_access_token(token, key_for, policy.verification)
+    except issuer_verify.InvalidAccessToken as error:
+        raise InvalidToken(str(error)) from None
 
 
 class VerifiedTokenCache:

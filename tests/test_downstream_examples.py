@@ -1,6 +1,6 @@
 """The downstream examples (examples/downstream/) against a real issuer under gunicorn.
 
-Both examples -- the Flask API on issuer.verify and the Node.js server on jose -- run as the
+Both examples -- the Flask API on issuer_verify and the Node.js server on jose -- run as the
 README tells you to run them, as separate processes that know nothing but ``ISSUER_URL``. The
 issuer runs with ``ISSUER_JWKS_MAX_AGE=2`` so that key changes reach them within seconds, and
 its keys are changed with the real ``issuer keys`` commands while everything keeps running:
@@ -403,6 +403,13 @@ def test_both_examples_refuse_forgeries(stack, node_example, wechat, listener):
         mac = b"" if key is None else hmac.new(key, signing_input.encode(), "sha256").digest()
         return f"{signing_input}.{b64url(mac)}"
 
+    def as_written(**header: Any) -> str:
+        """Signed under exactly this header: the JWT library would drop a ``b64: true``."""
+        full = {"alg": "ES256", "kid": kid, "typ": "at+jwt", **header}
+        signing_input = f"{b64url(json.dumps(full).encode())}.{b64url(json.dumps(good).encode())}"
+        algorithm = jwt.algorithms.get_default_algorithms()["ES256"]
+        return f"{signing_input}.{b64url(algorithm.sign(signing_input.encode(), private_key))}"
+
     def tampered(token: str, **changes: Any) -> str:
         header, _, signature = token.split(".")
         return f"{header}.{b64url(json.dumps({**good, **changes}).encode())}.{signature}"
@@ -414,6 +421,8 @@ def test_both_examples_refuse_forgeries(stack, node_example, wechat, listener):
         "as issuer signs it": signed(),
         "typ in full": signed(typ="application/at+jwt"),
         "issuer's own token": genuine,
+        # A verifier's clock a second behind issuer's: within the 5-second leeway.
+        "iat a second ahead": signed({**good, "iat": now + 1}),
     }
     forged = {
         "typ JWT": signed(typ="JWT"),
@@ -427,9 +436,19 @@ def test_both_examples_refuse_forgeries(stack, node_example, wechat, listener):
         "no sub": signed(without("sub")),
         "no jti": signed(without("jti")),
         "no client_id": signed(without("client_id")),
+        # issuer refuses these itself (RFC 9068 §2.2 claims plus its own sid and openid).
+        "iat in the future": signed({**good, "iat": now + 60, "exp": now + 660}),
+        "no sid": signed(without("sid")),
+        "sid empty": signed({**good, "sid": ""}),
+        "sid a number": signed({**good, "sid": 1}),
+        "no openid": signed(without("openid")),
+        "unionid a number": signed({**good, "unionid": 1}),
         "jku": signed(jku=listener_url + "/jwks.json"),
         "x5u": signed(x5u=listener_url + "/cert.pem"),
         "unknown crit": signed(crit=["exp-policy"], **{"exp-policy": 1}),
+        # RFC 7515 §4.1.11: issuer uses no JWS extension, so it understands none, not even
+        # RFC 7797's b64 (which jose knows).
+        "crit b64": as_written(crit=["b64"], b64=True),
         "unknown kid": signed(kid="unknown"),
         "alg none": unsigned("none", None),
         "HS256 keyed with the public key": unsigned("HS256", public_pem),

@@ -1,4 +1,4 @@
-"""issuer.verify, the helper downstream Python services verify access tokens with, over real HTTP.
+"""issuer_verify, the package downstream Python services verify access tokens with, over real HTTP.
 
 The issuer app is served on a loopback port; its tokens say ``iss = http://issuer.test`` while
 its JWKS is at the live URL, so every verifier here is given ``jwks_url`` explicitly. What is
@@ -33,8 +33,9 @@ from flask import Flask, g, jsonify
 from jwt.algorithms import ECAlgorithm
 
 from issuer.keys import KeyDirectory, SigningKey
-from issuer.verify import AccessTokenVerifier, InvalidAccessToken, JwksCache, require_access_token
 from issuer.wechat.emulator import WeChatEmulator
+from issuer_verify import AccessTokenVerifier, InvalidAccessToken, JwksCache
+from issuer_verify.flask import require_access_token
 from tests.conftest import APPID, FakeClock, ServerThread, all_at_once, free_port
 
 ISSUER = "http://issuer.test"
@@ -311,6 +312,19 @@ def without_jti(app: Flask, token: str, listener: Listener) -> str:
     return sign_with_issuer_key(app, claims_now(jti=None))
 
 
+def without_sid(app: Flask, token: str, listener: Listener) -> str:
+    return sign_with_issuer_key(app, claims_now(sid=None))
+
+
+def sid_not_a_string(app: Flask, token: str, listener: Listener) -> str:
+    return sign_with_issuer_key(app, claims_now(sid=1))
+
+
+def issued_just_beyond_the_leeway(app: Flask, token: str, listener: Listener) -> str:
+    now = int(time.time())
+    return sign_with_issuer_key(app, claims_now(iat=now + 30, exp=now + 630))
+
+
 def unknown_crit(app: Flask, token: str, listener: Listener) -> str:
     return sign_with_issuer_key(app, claims_now(), crit=["exp-policy"], **{"exp-policy": 1})
 
@@ -383,6 +397,9 @@ ATTACKS = [
     issued_in_the_future,
     without_client_id,
     without_jti,
+    without_sid,
+    sid_not_a_string,
+    issued_just_beyond_the_leeway,
     unknown_crit,
     crit_b64,
     crit_empty,
@@ -423,6 +440,19 @@ def test_leeway_tolerates_small_clock_skew(app, live_server, verifier):
     strict = AccessTokenVerifier(ISSUER, jwks_url=jwks_url(live_server), leeway=0)
     with pytest.raises(InvalidAccessToken, match="expired"):
         strict.verify(token)
+
+
+def test_an_iat_ahead_within_the_leeway_verifies(app, live_server, verifier):
+    """A verifier whose clock runs a little behind issuer's still takes fresh tokens."""
+    token = sign_with_issuer_key(app, claims_now(iat=int(time.time()) + 2))
+    assert verifier.verify(token)["sub"] == "user-1"
+
+
+def test_an_iat_in_the_future_says_so(app, live_server, verifier):
+    now = int(time.time())
+    token = sign_with_issuer_key(app, claims_now(iat=now + 600, exp=now + 1200))
+    with pytest.raises(InvalidAccessToken, match="not valid yet"):
+        verifier.verify(token)
 
 
 # -- forged kids cannot flood the JWKS
@@ -483,6 +513,9 @@ class JwksServer:
     url: str
     document: dict[str, Any]
     status: int = 200
+    cache_control: str = "public, max-age=300"
+    age: str | None = None  # an Age header, as a shared cache in front adds (RFC 9111 §5.1)
+    requests: int = 0
 
 
 @pytest.fixture
@@ -493,9 +526,12 @@ def jwks_server() -> Iterator[JwksServer]:
 
     @app.get("/jwks.json")
     def serve() -> Any:
+        state.requests += 1
         response = jsonify(state.document)
         response.status_code = state.status
-        response.headers["Cache-Control"] = "public, max-age=300"
+        response.headers["Cache-Control"] = state.cache_control
+        if state.age is not None:
+            response.headers["Age"] = state.age
         return response
 
     server = ServerThread(app)
@@ -551,6 +587,51 @@ def test_a_failed_refetch_keeps_the_cached_keys(app, jwks_server):
     monotonic.advance(301)
     assert verifier.verify(token)["sub"] == "user-1"
     assert verifier.jwks.fetches == 1
+
+
+def test_a_jwks_served_from_a_shared_cache_expires_max_age_after_it_was_made(app, jwks_server):
+    """RFC 9111 §4.2.3: a response that already spent ``Age`` seconds in a cache in front of
+    issuer (a CDN, a proxy) has only ``max-age - Age`` left. Counting the full max-age from
+    the moment it arrived keeps a revoked key verifying for up to twice the max-age.
+    (BUG: the cache read max-age alone.)"""
+    key = active_key(app)
+    jwks_server.document = {"keys": [published(key)]}
+    jwks_server.age = "250"  # max-age 300: 50 s of freshness left
+    monotonic = FakeMonotonic()
+    verifier = AccessTokenVerifier(ISSUER, jwks_url=jwks_server.url)
+    verifier.jwks = JwksCache(jwks_server.url, monotonic=monotonic)
+    token = sign_with_issuer_key(app, claims_now())
+    assert verifier.verify(token)
+    monotonic.advance(49)
+    assert verifier.verify(token)
+    assert jwks_server.requests == 1
+    jwks_server.document = {"keys": []}  # the key is revoked meanwhile
+    monotonic.advance(1)
+    with pytest.raises(InvalidAccessToken, match="not signed by a key of this issuer"):
+        verifier.verify(token)
+    assert jwks_server.requests == 2
+
+
+@pytest.mark.parametrize("cache_control", ["no-cache", "no-store", "max-age=0", "max-age=soon"])
+def test_a_jwks_not_to_be_cached_is_fetched_at_most_once_a_second(app, jwks_server, cache_control):
+    """A JWKS answered with ``no-cache`` or ``max-age=0`` is stale at once (RFC 9111 §5.2.2),
+    yet must not turn every verification into a fetch from issuer: a busy service would send
+    issuer its whole request rate. Refetched after a second, never per token. (BUG: the cache
+    took max-age=0 literally, fetching for every token, and cached no-cache, no-store and an
+    unparsable max-age for 300 s.)"""
+    key = active_key(app)
+    jwks_server.document = {"keys": [published(key)]}
+    jwks_server.cache_control = cache_control
+    monotonic = FakeMonotonic()
+    verifier = AccessTokenVerifier(ISSUER, jwks_url=jwks_server.url)
+    verifier.jwks = JwksCache(jwks_server.url, monotonic=monotonic)
+    token = sign_with_issuer_key(app, claims_now())
+    for _ in range(10):
+        assert verifier.verify(token)
+    assert jwks_server.requests == 1
+    monotonic.advance(1)
+    assert verifier.verify(token)
+    assert jwks_server.requests == 2  # stale a second later: fetched again
 
 
 def test_an_unreachable_jwks_refuses_the_token():

@@ -25,7 +25,8 @@ import sys
 
 from flask import Flask, Response, g, jsonify
 
-from issuer.verify import AccessTokenVerifier, require_access_token
+from issuer_verify import AccessTokenVerifier
+from issuer_verify.flask import require_access_token
 
 
 def create_app(

@@ -20,7 +20,11 @@ import http from 'node:http';
 import { createRemoteJWKSet, customFetch, decodeProtectedHeader, errors, jwtVerify } from 'jose';
 
 const ALGORITHMS = ['ES256', 'RS256', 'EdDSA'];
-const REQUIRED_CLAIMS = ['exp', 'iat', 'sub', 'jti', 'client_id'];
+// RFC 9068 §2.2's claims, and issuer's own sid (the login session): issuer signs every token
+// with them and refuses a token without them, and so does this service.
+const REQUIRED_CLAIMS = ['exp', 'iat', 'sub', 'jti', 'client_id', 'sid'];
+// Identifiers that must be non-empty strings, as issuer checks them.
+const STRING_CLAIMS = ['sub', 'client_id', 'jti', 'sid', 'openid'];
 // RFC 8725: headers that would let a token choose its own verification key. jose never
 // follows them; refusing them outright is what issuer itself does.
 const FORBIDDEN_HEADERS = ['jku', 'jwk', 'x5u', 'x5c'];
@@ -83,6 +87,12 @@ async function verify(token) {
   if (FORBIDDEN_HEADERS.some((name) => name in header)) {
     throw new InvalidToken('The access token carries a key-selection header this service does not trust.');
   }
+  // RFC 7515 §4.1.11: a recipient must refuse a JWS naming an extension it does not
+  // understand. Issuer signs with none, so any crit is refused, even RFC 7797's b64 that jose
+  // would accept.
+  if ('crit' in header) {
+    throw new InvalidToken('The access token names a critical header extension issuer refuses.');
+  }
   if (typeof header.kid !== 'string' || header.kid === '') {
     throw new InvalidToken('The access token was not signed by a key of this issuer.');
   }
@@ -111,10 +121,18 @@ async function verify(token) {
   }
   // issuer's own rules beyond jose's: one audience, string identifiers.
   if (typeof payload.aud !== 'string') throw new InvalidToken('The access token is invalid.');
-  for (const name of ['sub', 'client_id', 'jti']) {
+  for (const name of STRING_CLAIMS) {
     if (typeof payload[name] !== 'string' || payload[name] === '') {
       throw new InvalidToken('The access token is invalid.');
     }
+  }
+  if ('unionid' in payload && typeof payload.unionid !== 'string') {
+    throw new InvalidToken('The access token is invalid.');
+  }
+  // jose checks iat's type but its age only when given maxTokenAge: a token "issued" later
+  // than now plus the leeway comes from no issuer with a sane clock, and issuer refuses it.
+  if (payload.iat > Date.now() / 1000 + LEEWAY_SECONDS) {
+    throw new InvalidToken('The access token is issued in the future.');
   }
   return payload;
 }
