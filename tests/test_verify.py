@@ -1,6 +1,6 @@
 """issuer.verify, the helper downstream Python services verify access tokens with, over real HTTP.
 
-The issuer app is served on a loopback port; its tokens say ``iss = http://issuer.test`` while
+The issuer app is served on a loopback port; its tokens say ``iss = https://issuer.test`` while
 its JWKS is at the live URL, so every verifier here is given ``jwks_url`` explicitly. What is
 covered: a login token verifies; every forgery of SPEC §3 / RFC 8725 is refused (and a ``jku``
 header is never followed); forged kids cannot flood the JWKS; JWKS entries that do not name
@@ -37,7 +37,7 @@ from issuer.verify import AccessTokenVerifier, InvalidAccessToken, JwksCache, re
 from issuer.wechat.emulator import WeChatEmulator
 from tests.conftest import APPID, FakeClock, ServerThread, all_at_once, free_port
 
-ISSUER = "http://issuer.test"
+ISSUER = "https://issuer.test"
 
 
 # -- helpers
