@@ -10,6 +10,9 @@ import multiprocessing
 import os
 from typing import Any
 
+from gunicorn.glogging import Logger
+
+from issuer.logs import gunicorn_logconfig
 from issuer.web import metrics as _metrics
 
 bind = os.environ.get("ISSUER_BIND", "127.0.0.1:8000")
@@ -31,6 +34,20 @@ keepalive = 5
 # cost a tenth of a cheap request. Errors and worker life cycle still go to stderr.
 accesslog = None
 errorlog = "-"
+# gunicorn's own lines (booting, workers killed or exiting, signals, shutdown) as JSON lines
+# with issuer's formatter, so one log parser reads every line on stderr.
+logconfig_dict = gunicorn_logconfig()
+
+
+class JsonLinesLogger(Logger):
+    """gunicorn's logger, except that a ``logconfig_dict`` does not turn its access line on:
+    gunicorn would build the line's fields for every request only to drop them."""
+
+    def _compute_access_log_enabled(self) -> bool:
+        return bool(self.cfg.accesslog)
+
+
+logger_class = JsonLinesLogger
 
 # gunicorn 24+ opens a control socket at one default path per user; several issuer masters on
 # one host would share it, and nothing here uses it.

@@ -141,6 +141,7 @@ def issuer_env(
     """Environment of an issuer on ``database`` with keys in ``work``, WeChat at
     ``wechat_url``, and rate limits out of reach (they would measure the limit, not issuer)."""
     return {
+        "ISSUER_URL": "http://127.0.0.1:8000",  # production names itself; loopback takes http
         "ISSUER_DATABASE_URL": f"sqlite:///{database}",
         "ISSUER_KEYS_DIR": str(work / f"{name}-keys"),
         "ISSUER_WECHAT_API_BASE": wechat_url,
@@ -148,6 +149,10 @@ def issuer_env(
         "ISSUER_WECHAT_SECRET": secret,
         "ISSUER_RATELIMIT_LOGIN": "100000000/minute",
         "ISSUER_RATELIMIT_REFRESH": "100000000/minute",
+        "ISSUER_RATELIMIT_ME": "100000000/minute",
+        "ISSUER_RATELIMIT_WECHAT": "100000000/minute",
+        "ISSUER_RATELIMIT_WECHAT_USER": "100000000/minute",
+        "ISSUER_RATELIMIT_WECHAT_APP": "100000000/minute",
     }
 
 

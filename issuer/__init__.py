@@ -7,18 +7,20 @@ views. Nothing happens at import time.
 
 from __future__ import annotations
 
+import logging
+import sys
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 from flask import Flask
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from .config import ConfigError, Settings, load_settings
+from .config import DEVELOPMENT_APPID, ConfigError, Settings, load_settings
 from .errors import StartupError
 from .keys import KeyDirectory, KeyManager, KeyPolicy
-from .logs import configure_logging
+from .logs import configure_logging, redact_url
 from .sealing import LiveSealer
 from .service import AuthService
 from .store import StoreUnavailable, open_store
@@ -29,22 +31,39 @@ from .wechat.servertoken import ServerTokens
 
 __all__ = ["ConfigError", "StartupError", "create_app"]
 
+# The servers create_app is told it runs under: the production entry point (wsgi.py, which
+# gunicorn loads) or ``issuer dev``.
+Entry = Literal["wsgi", "dev"]
+
 
 def create_app(
     config: Mapping[str, Any] | None = None,
     *,
     clock: Callable[[], float] = time.time,
     environ: Mapping[str, str] | None = None,
+    entry: Entry | None = None,
 ) -> Flask:
     """Build the issuer app.
 
     :param config: settings by lower-case name, winning over the environment and the file.
     :param clock: the service's clock (seconds since the epoch), replaceable in tests.
     :param environ: the environment to read settings from (``os.environ`` by default).
+    :param entry: the server about to serve the app: ``"wsgi"`` (the production entry point)
+        refuses development mode; either logs the start-up line. None (tests, CLI commands)
+        logs no start-up line.
     :raises StartupError: a setting, the key directory or the database is unusable; the
         message is one line naming what to fix.
     """
     settings = load_settings(config, environ)
+    if settings.development and (entry == "wsgi" or "gunicorn.arbiter" in sys.modules):
+        # The emulator mints codes for anyone who reaches it: it stays on `issuer dev`, which
+        # binds loopback only. gunicorn's arbiter is imported by gunicorn alone, whichever
+        # module it was told to load.
+        raise ConfigError(
+            "ISSUER_ENV",
+            "development mode (the WeChat emulator) never runs under gunicorn; "
+            "use `issuer dev`, or set ISSUER_ENV=production",
+        )
     configure_logging(json_lines=not settings.development)
     app = Flask(__name__)
     for warning in settings.warnings:
@@ -104,7 +123,8 @@ def create_app(
     ratelimit.install(app, settings)  # per client IP and user; shared through Redis
     wechat.budget = ratelimit.limits_of(app).hit_app  # per app, before WeChat's quota
     if metrics is not None:
-        metrics.install(app)
+        assert settings.metrics_token is not None  # load_settings requires it with metrics
+        metrics.install(app, settings.metrics_token)
         app.extensions["issuer.metrics"] = metrics
     if settings.proxy_hops:
         app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
@@ -112,7 +132,27 @@ def create_app(
         )
     if settings.emulate_wechat:
         _mount_emulator(app, settings)
+    if entry is not None:
+        log_startup(app.logger, settings, keys().active.kid)
     return app
+
+
+def log_startup(logger: logging.Logger, settings: Settings, active_kid: str) -> None:
+    """The one line that says what this start serves with: never a secret, and the URLs of
+    the database and the rate-limit storage with any password replaced."""
+    apps = ", ".join(f"{app.appid} ({app.kind})" for app in settings.apps)
+    logger.info(
+        "issuer started: env=%s url=%s apps=[%s] database=%s ratelimit_storage=%s "
+        "proxy_hops=%d metrics=%s signing_kid=%s",
+        settings.env,
+        settings.url,
+        apps,
+        redact_url(settings.database_url),
+        redact_url(settings.ratelimit_storage_uri),
+        settings.proxy_hops,
+        "on (Bearer token)" if settings.metrics else "off",
+        active_kid,
+    )
 
 
 def key_policy(settings: Settings) -> KeyPolicy:
@@ -130,7 +170,10 @@ def _mount_emulator(app: Flask, settings: Settings) -> None:
 
     if not settings.development:
         raise ConfigError("ISSUER_ENV", "the WeChat emulator never runs in production")
-    emulator = WeChatEmulator({item.appid: item.secret for item in settings.apps})
+    # Only the built-in development app, whose secret this process made up: never a real one.
+    if [item.appid for item in settings.apps] != [DEVELOPMENT_APPID]:
+        raise ConfigError("ISSUER_WECHAT_API_BASE", "the emulator plays its own app only")
+    emulator = WeChatEmulator({DEVELOPMENT_APPID: settings.apps[0].secret})
     app.extensions["issuer.emulator"] = emulator
     app.wsgi_app = DispatcherMiddleware(  # type: ignore[method-assign]
         app.wsgi_app, {"/_wechat": emulator.app}

@@ -87,8 +87,19 @@ def dev(host: str, port: int) -> None:
     """Run development mode: the WeChat emulator, text logs, a walkthrough to paste."""
     if os.environ.setdefault("ISSUER_ENV", "development") != "development":
         raise click.ClickException("ISSUER_ENV: `issuer dev` runs only in development mode")
-    os.environ.setdefault("ISSUER_URL", f"http://{host}:{port}")
-    app = _create_app()
+    from .config import is_loopback
+
+    if not is_loopback(host):
+        # The emulator mints login codes for anyone who reaches it.
+        raise click.ClickException(
+            f"--host: `issuer dev` binds loopback addresses only (127.0.0.1, ::1, localhost), "
+            f"not {host!r}; production runs under gunicorn"
+        )
+    os.environ.setdefault("ISSUER_URL", f"http://{f'[{host}]' if ':' in host else host}:{port}")
+    try:
+        app = create_app(entry="dev")
+    except StartupError as error:
+        raise click.ClickException(str(error)) from None
     from werkzeug.serving import run_simple
 
     click.echo(WALKTHROUGH.format(url=app.extensions["issuer"].settings.url.rstrip("/")))

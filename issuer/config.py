@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import os
 import re
 import secrets
@@ -35,8 +36,10 @@ ENVIRONMENTS = ("production", "development")
 RATELIMIT_SCHEMES = ("memory", "redis", "rediss", "redis+unix")
 # WeChat appids are "wx" followed by 16 hex digits.
 APPID_PATTERN = re.compile(r"wx[0-9a-fA-F]{16}")
-# The app the development emulator plays when no app is configured.
+# The one app the development emulator plays: it never plays a configured (real) one.
 DEVELOPMENT_APPID = "wxde000000000000de"
+# The shortest ISSUER_METRICS_TOKEN taken: secrets.token_urlsafe(32) gives 43 characters.
+METRICS_TOKEN_MIN_LENGTH = 32
 
 
 class ConfigError(StartupError):
@@ -85,6 +88,7 @@ class Settings:
     jwks_max_age: int
     key_rotation_days: int
     metrics: bool
+    metrics_token: str | None = field(repr=False)
     data_key: bytes | None = field(repr=False)
     apps: tuple[WeChatApp, ...]
     # The development emulator answers for WeChat (development mode, no API base given).
@@ -265,6 +269,26 @@ def _boolean(value: Any) -> bool:
     raise ValueError(f"must be true or false (1/0, yes/no, on/off); got {text!r}")
 
 
+def _metrics_token(value: Any) -> str:
+    text = _text(value)
+    if len(text) < METRICS_TOKEN_MIN_LENGTH or not text.isprintable() or " " in text:
+        raise ValueError(
+            f"must be at least {METRICS_TOKEN_MIN_LENGTH} printable characters without spaces "
+            "(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')"
+        )
+    return text
+
+
+def is_loopback(host: str) -> bool:
+    """``localhost`` or a loopback address (127.0.0.0/8, ::1): reachable from this host only."""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def _data_key(value: Any) -> bytes:
     text = _text(value)
     standard = text.rstrip("=").translate(str.maketrans("-_", "+/"))
@@ -307,6 +331,7 @@ SETTINGS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "jwks_max_age": (_whole(0, 86_400), 300),
     "key_rotation_days": (_whole(0, 3650), 30),
     "metrics": (_boolean, False),
+    "metrics_token": (_metrics_token, None),
     "data_key": (_data_key, None),
 }
 # Read from the environment only: it names the file, so the file cannot set it.
@@ -389,8 +414,15 @@ def load_settings(
         seen.add(app.appid)
 
     development = values["env"] == "development"
-    api_base_given = "wechat_api_base" in raw
-    emulate = development and not api_base_given
+    emulate = development and "wechat_api_base" not in raw
+    if emulate and apps:
+        # The emulator would answer for a real appid with its secret: anyone reaching it
+        # could mint codes and get tokens signed with the real keys.
+        raise ConfigError(
+            variable("wechat_api_base"),
+            f"development mode emulates WeChat for its own app only, not {apps[0].appid}; "
+            "set ISSUER_WECHAT_API_BASE to reach WeChat with a configured app, or remove it",
+        )
     if not apps:
         if not development:
             raise ConfigError(
@@ -407,10 +439,35 @@ def load_settings(
         apps.append(WeChatApp(DEVELOPMENT_APPID, secrets.token_hex(16)))
     if emulate:
         values["wechat_api_base"] = values["url"].rstrip("/") + "/_wechat"
+    if not development:
+        _check_production_url(values["url"], given="url" in raw)
+    if values["metrics"] and values["metrics_token"] is None:
+        raise ConfigError(
+            variable("metrics_token"),
+            "must be set when ISSUER_METRICS is on: /metrics answers only a scraper that "
+            "sends it as a Bearer token",
+        )
 
     values["audience"] = values["audience"] or values["url"]
     values["keys_dir"] = Path(values["keys_dir"])
     return Settings(**values, apps=tuple(apps), emulate_wechat=emulate, warnings=tuple(warnings))
+
+
+def _check_production_url(url: str, *, given: bool) -> None:
+    """In production the issuer names itself on purpose, over TLS unless it is loopback."""
+    if not given:
+        raise ConfigError(
+            variable("url"),
+            "must be set in production: it is the iss of every token and the base of the "
+            "discovery URLs (e.g. https://login.example.com)",
+        )
+    parts = urlsplit(url)
+    if parts.scheme == "http" and not is_loopback(parts.hostname or ""):
+        raise ConfigError(
+            variable("url"),
+            f"must be https:// in production; http:// is taken for loopback hosts only, not "
+            f"{parts.hostname!r}",
+        )
 
 
 def _read_toml(path: str) -> dict[str, Any]:

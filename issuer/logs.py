@@ -1,5 +1,8 @@
 """Logging: JSON lines in production, readable text in development, request id on every line.
 
+Under gunicorn its own lines (start, workers, signals, shutdown) are JSON lines too:
+``gunicorn.conf.py`` takes :func:`gunicorn_logconfig`.
+
 Secrets never reach a log line because nothing logs them, not because a filter scrubs them:
 the WeChat client logs neither URLs nor bodies, and ``urllib3``'s debug lines (which print
 request URLs, and the jscode2session URL carries the app secret) are turned off here.
@@ -14,9 +17,13 @@ import secrets
 import sys
 import time
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from flask import g, has_request_context
 
+# Query options of a database or Redis URL that carry a credential.
+SECRET_QUERY_KEYS = frozenset({"password", "passwd", "sslpassword", "token"})
+REDACTED = "***"
 REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
 HANDLER_NAME = "issuer"
 # The fields of the per-request line, in the order they are written.
@@ -85,3 +92,58 @@ def configure_logging(*, json_lines: bool, level: int = logging.INFO) -> None:
     root.propagate = True
     # urllib3 logs each request line -- with its query string -- at DEBUG.
     logging.getLogger("urllib3").setLevel(logging.WARNING)
+
+
+def redact_url(url: str) -> str:
+    """``url`` with the password of its userinfo and any credential query option replaced
+    by ``***``: what a log line may show of a database or Redis URL."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return f"<unparsable {url.split(':', 1)[0][:20]} URL>"
+    redacted = url
+    if password is not None:
+        userinfo, _, host = parts.netloc.rpartition("@")
+        netloc = f"{userinfo.split(':', 1)[0]}:{REDACTED}@{host}"
+        redacted = redacted.replace("//" + parts.netloc, "//" + netloc, 1)
+    options = parse_qsl(parts.query, keep_blank_values=True)
+    if any(name.lower() in SECRET_QUERY_KEYS for name, _ in options):
+        shown = [
+            (name, REDACTED if name.lower() in SECRET_QUERY_KEYS else value)
+            for name, value in options
+        ]
+        query = urlencode(shown, safe="*")
+        redacted = redacted.replace("?" + parts.query, "?" + query, 1)
+    return redacted
+
+
+class NotIssuer(logging.Filter):
+    """Lets through records of every logger but issuer's, which has a handler of its own."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name == "issuer" or record.name.startswith("issuer."))
+
+
+def gunicorn_logconfig() -> dict[str, Any]:
+    """gunicorn's ``logconfig_dict``: its own lines and any other library's as JSON lines on
+    stderr, beside issuer's (whose handler :func:`configure_logging` installs)."""
+    handler = {
+        "class": "logging.StreamHandler",
+        "formatter": "json",
+        "stream": "ext://sys.stderr",
+        "filters": ["not_issuer"],
+    }
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": JsonFormatter}},
+        "filters": {"not_issuer": {"()": NotIssuer}},
+        "handlers": {"json": handler},
+        "root": {"level": "WARNING", "handlers": ["json"]},
+        "loggers": {
+            "gunicorn.error": {"level": "INFO", "handlers": ["json"], "propagate": False},
+            # issuer writes the access line itself; gunicorn's stays off (accesslog = None).
+            "gunicorn.access": {"level": "INFO", "handlers": [], "propagate": False},
+        },
+    }

@@ -184,7 +184,7 @@ def settings_for(
     def build(**overrides: Any) -> dict[str, Any]:
         config: dict[str, Any] = {
             "env": "production",
-            "url": "http://issuer.test",
+            "url": "https://issuer.test",
             "database_url": database_url,
             "keys_dir": str(session_keys_dir),
             "wechat_api_base": wechat_url,
@@ -196,6 +196,8 @@ def settings_for(
             "ratelimit_wechat": "10000/minute",
             "ratelimit_wechat_user": "10000/minute",
             "ratelimit_wechat_app": "10000/minute",
+            # Read only when a test turns metrics on (``metrics=True``).
+            "metrics_token": secrets.token_urlsafe(32),
         }
         config.update(overrides)
         return config
@@ -336,7 +338,7 @@ class Gunicorn:
 def gunicorn_env(tmp_path: Path, wechat_url: str) -> dict[str, str]:
     """Environment for a production issuer under gunicorn, on files in tmp_path."""
     return {
-        "ISSUER_URL": "http://issuer.test",
+        "ISSUER_URL": "https://issuer.test",
         "ISSUER_DATABASE_URL": f"sqlite:///{tmp_path / 'issuer.db'}",
         "ISSUER_KEYS_DIR": str(tmp_path / "keys"),
         "ISSUER_WECHAT_API_BASE": wechat_url,

@@ -35,8 +35,8 @@ def test_header_and_claims_follow_rfc9068(app, login, wechat):
     assert set(claims) == {
         "iss", "sub", "aud", "client_id", "iat", "exp", "jti", "sid", "openid", "unionid",
     }  # fmt: skip
-    assert claims["iss"] == "http://issuer.test"
-    assert claims["aud"] == "http://issuer.test"
+    assert claims["iss"] == "https://issuer.test"
+    assert claims["aud"] == "https://issuer.test"
     assert claims["sub"] == body["user_id"]
     assert claims["sub"] != openid
     assert claims["client_id"] == APPID
@@ -74,8 +74,8 @@ def test_downstream_verifies_with_pyjwkclient_against_the_live_jwks(live_server,
         token,
         key,
         algorithms=["ES256"],
-        audience="http://issuer.test",
-        issuer="http://issuer.test",
+        audience="https://issuer.test",
+        issuer="https://issuer.test",
         options={"require": ["exp", "iat", "sub", "jti"]},
     )
     assert claims["client_id"] == APPID
@@ -146,9 +146,9 @@ def forged_cases(forge):
         "expired": forge(claims={"iat": now - 1000, "exp": now - 100}),
         "issued in the future": forge(claims={"iat": now + 600, "exp": now + 1500}),
         "wrong audience": forge(claims={"aud": "http://other.test"}),
-        "audience list": forge(claims={"aud": ["http://issuer.test", "http://other.test"]}),
-        "wrong issuer": forge(claims={"iss": "http://issuer.test/"}),
-        "issuer other scheme": forge(claims={"iss": "https://issuer.test"}),
+        "audience list": forge(claims={"aud": ["https://issuer.test", "http://other.test"]}),
+        "wrong issuer": forge(claims={"iss": "https://issuer.test/"}),
+        "issuer other scheme": forge(claims={"iss": "http://issuer.test"}),
         "typ JWT": forge(header={"typ": "JWT"}),
         "typ missing": forge(header={"typ": None}),
         "unknown kid": forge(header={"kid": "no-such-key"}),
@@ -311,9 +311,9 @@ def test_the_cache_keeps_a_digest_per_token_and_stays_under_two_megabytes():
 
     def verified(n):
         claims = {
-            "iss": "http://issuer.test",
+            "iss": "https://issuer.test",
             "sub": f"usr_{n:022d}",
-            "aud": "http://issuer.test",
+            "aud": "https://issuer.test",
             "client_id": APPID,
             "iat": 1_700_000_000 + n,
             "exp": 1_700_000_900 + n,

@@ -55,7 +55,7 @@ from issuer.verify import AccessTokenVerifier, InvalidAccessToken
 from issuer.wechat.emulator import WeChatEmulator
 from tests.conftest import APPID, SECRET, ServerThread, all_at_once
 
-ISSUER = "http://issuer.test"
+ISSUER = "https://issuer.test"
 # The order of the P-256 group: r and s must lie in [1, n - 1].
 P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 DROP = object()  # a header member or claim to leave out
@@ -362,14 +362,14 @@ for _name, _iss in {
     "iss with a trailing space": ISSUER + " ",
     "iss with a trailing NUL": ISSUER + "\x00",
     "iss with a trailing slash": ISSUER + "/",
-    "iss with https": ISSUER.replace("http:", "https:"),
+    "iss with http": ISSUER.replace("https:", "http:"),
     "iss in upper case": ISSUER.upper(),
     "iss in mixed case": "http://Issuer.Test",
     "iss truncated": ISSUER[:-1],
     "iss host only": "issuer.test",
     "iss scheme only": "http://",
     "iss empty": "",
-    "iss with a port": "http://issuer.test:80",
+    "iss with a port": "https://issuer.test:80",
 }.items():
     case(_name, lambda a, iss=_iss: resign(a, iss=iss))
 

@@ -19,7 +19,13 @@ APPID = "wx0123456789abcdef"
 APPID2 = "wxfedcba9876543210"
 APPID3 = "wxAbCdEf0123456789"
 SECRET = "0f1e2d3c-app-secret-4b5a69788796"
-BASE = {"ISSUER_WECHAT_APPID": APPID, "ISSUER_WECHAT_SECRET": SECRET}
+METRICS_TOKEN = "metrics-token-0123456789abcdefghijklmnop"
+# What production needs at the least: an app, and the URL it names itself by.
+BASE = {
+    "ISSUER_URL": "https://login.example",
+    "ISSUER_WECHAT_APPID": APPID,
+    "ISSUER_WECHAT_SECRET": SECRET,
+}
 
 
 def load(environ: dict[str, str], overrides: dict[str, Any] | None = None) -> Settings:
@@ -250,6 +256,7 @@ def test_an_unreachable_postgresql_stops_start_up_in_one_line(tmp_path: Path) ->
     config = {
         "keys_dir": str(tmp_path / "keys"),
         "database_url": url,
+        "url": "https://login.example",
         "apps": [{"appid": APPID, "secret": SECRET}],
     }
     with pytest.raises(StartupError) as caught:
@@ -329,8 +336,6 @@ def test_environment_app_is_added_to_the_file_apps(tmp_path: Path) -> None:
 
 DEFAULTS = [
     ("env", "production"),
-    ("url", "http://127.0.0.1:8000"),
-    ("audience", "http://127.0.0.1:8000"),
     ("database_url", "sqlite:///instance/issuer.db"),
     ("keys_dir", Path("keys")),
     ("signing_alg", "ES256"),
@@ -356,6 +361,13 @@ DEFAULTS = [
 @pytest.mark.parametrize(("name", "expected"), DEFAULTS)
 def test_default_matches_the_spec(name: str, expected: object) -> None:
     assert getattr(load(BASE), name) == expected
+
+
+def test_the_default_url_serves_development_only() -> None:
+    # Production must name itself (below); development keeps the default.
+    settings = load({"ISSUER_ENV": "development"})
+    assert settings.url == "http://127.0.0.1:8000"
+    assert settings.audience == "http://127.0.0.1:8000"
 
 
 def test_environment_app_is_the_only_app_by_default() -> None:
@@ -406,7 +418,8 @@ def test_audience_follows_the_url_unless_set() -> None:
     ],
 )
 def test_valid_values_are_parsed(name: str, value: str, field: str, expected: object) -> None:
-    assert getattr(load({**BASE, name: value}), field) == (value if expected is None else expected)
+    environ = {**BASE, name: value, "ISSUER_METRICS_TOKEN": METRICS_TOKEN}
+    assert getattr(load(environ), field) == (value if expected is None else expected)
 
 
 def test_unknown_issuer_variable_is_reported_not_fatal() -> None:
@@ -454,7 +467,8 @@ kind = "officialaccount"
 @pytest.mark.parametrize(("text", "expected"), [("true", True), ("false", False), ('"on"', True)])
 def test_file_sets_metrics_as_a_toml_boolean(tmp_path: Path, text: str, expected: bool) -> None:
     path = write_toml(tmp_path, f"metrics = {text}\n")
-    assert load({**BASE, "ISSUER_CONFIG": str(path)}).metrics is expected
+    environ = {**BASE, "ISSUER_CONFIG": str(path), "ISSUER_METRICS_TOKEN": METRICS_TOKEN}
+    assert load(environ).metrics is expected
 
 
 def test_malformed_metrics_in_the_file_names_variable_and_file(tmp_path: Path) -> None:
@@ -490,13 +504,16 @@ def test_all_digit_secret_arrives_as_a_string(
     tmp_path: Path, toml_value: str, expected: str
 ) -> None:
     path = write_toml(tmp_path, f'[[apps]]\nappid = "{APPID2}"\nsecret = {toml_value}\n')
-    (app,) = load({"ISSUER_CONFIG": str(path)}).apps
+    (app,) = load({"ISSUER_URL": "https://login.example", "ISSUER_CONFIG": str(path)}).apps
     assert app.secret == expected
     assert isinstance(app.secret, str)
 
 
 def test_all_digit_secret_as_an_integer_override_arrives_as_a_string() -> None:
-    settings = load({}, {"wechat_appid": APPID, "wechat_secret": 12345678901234567890})
+    settings = load(
+        {"ISSUER_URL": "https://login.example"},
+        {"wechat_appid": APPID, "wechat_secret": 12345678901234567890},
+    )
     assert settings.apps[0].secret == "12345678901234567890"
 
 
@@ -506,7 +523,13 @@ def test_secret_env_reads_the_given_environment(
     # The variable exists only in the environ handed to load_settings, as in create_app(environ=).
     monkeypatch.delenv("MINI_APP_SECRET", raising=False)
     path = write_toml(tmp_path, f'[[apps]]\nappid = "{APPID2}"\nsecret_env = "MINI_APP_SECRET"\n')
-    settings = load({"ISSUER_CONFIG": str(path), "MINI_APP_SECRET": "from-environ"})
+    settings = load(
+        {
+            "ISSUER_URL": "https://login.example",
+            "ISSUER_CONFIG": str(path),
+            "MINI_APP_SECRET": "from-environ",
+        }
+    )
     assert settings.apps[0].secret == "from-environ"
 
 
@@ -586,10 +609,21 @@ def test_development_app_secret_is_not_a_fixed_placeholder() -> None:
     assert first.secret != second.secret
 
 
-def test_development_keeps_a_configured_app_and_emulates_it() -> None:
-    settings = load({**BASE, "ISSUER_ENV": "development"})
-    assert settings.emulate_wechat is True
-    assert [(app.appid, app.secret) for app in settings.apps] == [(APPID, SECRET)]
+def test_development_never_emulates_a_configured_app() -> None:
+    # The emulator would answer for the real appid, with its secret, to whoever reaches it.
+    message = config_error({**BASE, "ISSUER_ENV": "development"})
+    assert message.startswith("ISSUER_WECHAT_API_BASE")
+    assert APPID in message
+    assert SECRET not in message
+
+
+def test_development_never_emulates_an_app_of_the_file(tmp_path: Path) -> None:
+    path = write_toml(
+        tmp_path, f'env = "development"\n[[apps]]\nappid = "{APPID2}"\nsecret = "s-{SECRET}"\n'
+    )
+    message = config_error({"ISSUER_CONFIG": str(path)})
+    assert message.startswith("ISSUER_WECHAT_API_BASE")
+    assert APPID2 in message
 
 
 def test_development_with_an_api_base_and_no_app_is_refused() -> None:
@@ -604,6 +638,78 @@ def test_development_with_an_api_base_uses_it() -> None:
     settings = load({**BASE, "ISSUER_ENV": "development", "ISSUER_WECHAT_API_BASE": base})
     assert settings.emulate_wechat is False
     assert settings.wechat_api_base == base
+
+
+# -- production names itself: ISSUER_URL is the iss of every token
+
+
+def test_production_without_an_explicit_url_is_refused() -> None:
+    environ = {name: value for name, value in BASE.items() if name != "ISSUER_URL"}
+    assert config_error(environ).startswith("ISSUER_URL: must be set in production")
+
+
+def test_production_url_from_the_file_counts_as_explicit(tmp_path: Path) -> None:
+    path = write_toml(tmp_path, 'url = "https://login.example"\n')
+    environ = {name: value for name, value in BASE.items() if name != "ISSUER_URL"}
+    assert load({**environ, "ISSUER_CONFIG": str(path)}).url == "https://login.example"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://login.example",
+        "http://10.0.0.5:8000",
+        "http://0.0.0.0:8000",
+        "http://127.0.0.1.example.com",
+        "http://localhost.example.com:8000",
+    ],
+)
+def test_production_refuses_plain_http_off_loopback(url: str) -> None:
+    message = config_error({**BASE, "ISSUER_URL": url})
+    assert message.startswith("ISSUER_URL: must be https:// in production")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://login.example",
+        "https://login.example:8443/issuer",
+        "http://127.0.0.1:8000",
+        "http://127.8.9.10",
+        "http://localhost:8000",
+        "http://LOCALHOST",
+        "http://[::1]:8000",
+    ],
+)
+def test_production_takes_https_and_loopback_http(url: str) -> None:
+    assert load({**BASE, "ISSUER_URL": url}).url == url
+
+
+def test_development_keeps_the_default_url_and_any_http_url() -> None:
+    assert load({"ISSUER_ENV": "development"}).url == "http://127.0.0.1:8000"
+    lan = load({"ISSUER_ENV": "development", "ISSUER_URL": "http://devbox.lan:8000"})
+    assert lan.url == "http://devbox.lan:8000"
+
+
+# -- metrics are read with a token only
+
+
+def test_metrics_without_a_token_are_refused() -> None:
+    message = config_error({**BASE, "ISSUER_METRICS": "1"})
+    assert message.startswith("ISSUER_METRICS_TOKEN: must be set when ISSUER_METRICS is on")
+
+
+@pytest.mark.parametrize("token", ["short", "x" * 31, "a" * 20 + " " + "b" * 20])
+def test_a_weak_metrics_token_is_refused_without_echoing_it(token: str) -> None:
+    message = config_error({**BASE, "ISSUER_METRICS": "1", "ISSUER_METRICS_TOKEN": token})
+    assert message.startswith("ISSUER_METRICS_TOKEN")
+    assert token.strip() not in message
+
+
+def test_the_metrics_token_stays_out_of_the_repr() -> None:
+    settings = load({**BASE, "ISSUER_METRICS": "1", "ISSUER_METRICS_TOKEN": METRICS_TOKEN})
+    assert settings.metrics_token == METRICS_TOKEN
+    assert METRICS_TOKEN not in repr(settings)
 
 
 def test_production_never_emulates() -> None:
@@ -633,6 +739,7 @@ def test_create_app_stops_before_touching_anything(
     config: dict[str, Any] = {
         "keys_dir": str(keys_dir),
         "database_url": f"sqlite:///{database}",
+        "url": "https://login.example",
         "apps": [{"appid": APPID, "secret": SECRET}],
         **bad,
     }

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
+import sys
 import textwrap
 import time
 
@@ -16,7 +18,7 @@ from issuer import ConfigError, create_app
 from issuer.cli import WALKTHROUGH, main
 from issuer.config import DEVELOPMENT_APPID
 from issuer.store.sqlite import SCHEMA_VERSION
-from tests.conftest import ROOT, free_port
+from tests.conftest import APPID, ROOT, SECRET, free_port
 
 
 def test_walkthrough_runs_end_to_end_against_the_embedded_emulator(dev_server):
@@ -146,15 +148,17 @@ def test_the_readme_curl_examples_for_the_other_endpoints_work(dev_server):
     assert re.search(r"HTTP/1\.[01] 401", result.stdout)
 
 
-def test_issuer_dev_logs_no_secret_or_code(tmp_path):
+def test_issuer_dev_logs_no_secret_or_code(tmp_path, wechat, wechat_url):
+    # A configured app in development mode reaches WeChat through ISSUER_WECHAT_API_BASE
+    # (here the loopback WeChat of the tests), never through the embedded emulator.
     port = free_port()
-    secret = "s3cr3t-" + "9" * 25
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("ISSUER_", "FLASK_"))},
         "ISSUER_KEYS_DIR": str(tmp_path / "keys"),
         "ISSUER_DATABASE_URL": f"sqlite:///{tmp_path / 'dev.db'}",
-        "ISSUER_WECHAT_APPID": "wx1234567890abcdef",
-        "ISSUER_WECHAT_SECRET": secret,
+        "ISSUER_WECHAT_APPID": APPID,
+        "ISSUER_WECHAT_SECRET": SECRET,
+        "ISSUER_WECHAT_API_BASE": wechat_url,
     }
     log = tmp_path / "dev.log"
     with open(log, "wb") as out:
@@ -170,14 +174,112 @@ def test_issuer_dev_logs_no_secret_or_code(tmp_path):
                 break
             except requests.ConnectionError:
                 time.sleep(0.1)
-        code = requests.post(base + "/_wechat/dev/wx.login", data={"user": "x"}, timeout=5).json()
-        login = requests.post(base + "/auth/login", data={"code": code["code"]}, timeout=5)
+        assert requests.post(base + "/_wechat/dev/wx.login", timeout=5).status_code == 404
+        code = wechat.mint_code(APPID, "x")
+        login = requests.post(base + "/auth/login", data={"code": code}, timeout=5)
         assert login.status_code == 200
     finally:
         process.terminate()
         process.wait(timeout=10)
     output = log.read_text()
     assert "POST /auth/login 200" in output  # the log was written: the checks below mean something
-    assert secret not in output
-    assert code["code"] not in output
+    assert SECRET not in output
+    assert code not in output
     assert login.json()["refresh_token"] not in output
+
+
+# -- development mode stays on loopback, under `issuer dev`, with its own app
+
+
+@pytest.mark.parametrize(
+    "host", ["0.0.0.0", "::", "192.168.1.20", "devbox.lan", "127.0.0.1.nip.io"]
+)
+def test_issuer_dev_refuses_a_non_loopback_bind(tmp_path, host):
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("ISSUER_", "FLASK_"))},
+        "ISSUER_KEYS_DIR": str(tmp_path / "keys"),
+        "ISSUER_DATABASE_URL": f"sqlite:///{tmp_path / 'dev.db'}",
+    }
+    command = [str(ROOT / ".venv" / "bin" / "issuer"), "dev", "--host", host]
+    # Its own process group: a server that did start is killed whole, and the test fails.
+    process = subprocess.Popen(
+        [*command, "--port", str(free_port())],
+        env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        output, _ = process.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        pytest.fail(f"issuer dev served on {host}")
+    assert process.returncode != 0
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert len(lines) == 1, output
+    assert "--host" in lines[0]
+    assert "loopback" in lines[0]
+    assert not (tmp_path / "keys").exists()  # refused before anything was made
+
+
+def test_development_is_refused_by_the_production_entry_point(tmp_path):
+    with pytest.raises(ConfigError) as caught:
+        create_app(
+            {
+                "env": "development",
+                "database_url": f"sqlite:///{tmp_path / 'x.db'}",
+                "keys_dir": str(tmp_path / "keys"),
+            },
+            environ={},
+            entry="wsgi",
+        )
+    assert str(caught.value).startswith("ISSUER_ENV: development mode")
+    assert not (tmp_path / "keys").exists()
+
+
+def run_gunicorn(tmp_path, env, target="wsgi:app"):
+    """gunicorn with the repo's gunicorn.conf.py, to its exit; its status and output.
+
+    A gunicorn that keeps serving is killed with its workers (its own process group), and
+    the test fails.
+    """
+    log = tmp_path / "gunicorn.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", target],
+            cwd=ROOT,
+            env={
+                **{k: v for k, v in os.environ.items() if not k.startswith("ISSUER_")},
+                "ISSUER_BIND": f"127.0.0.1:{free_port()}",
+                "ISSUER_KEYS_DIR": str(tmp_path / "keys"),
+                "ISSUER_DATABASE_URL": f"sqlite:///{tmp_path / 'dev.db'}",
+                "WEB_CONCURRENCY": "1",
+                **env,
+            },
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        status = process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        pytest.fail(f"gunicorn started in development mode:\n{log.read_text()}")
+    return status, log.read_text()
+
+
+@pytest.mark.parametrize("target", ["wsgi:app", "issuer:create_app()"])
+@pytest.mark.parametrize("where", ["environment", "file"])
+def test_development_never_starts_under_gunicorn(tmp_path, target, where):
+    if where == "file":
+        config = tmp_path / "issuer.toml"
+        config.write_text('env = "development"\n')
+        env = {"ISSUER_CONFIG": str(config)}
+    else:
+        env = {"ISSUER_ENV": "development"}
+    status, output = run_gunicorn(tmp_path, env, target)
+    assert status != 0, output
+    assert any(line.count("ISSUER_ENV: development mode") for line in output.splitlines()), output
+    if target == "wsgi:app":  # the entry point reports in one line; a bare factory raises
+        assert "Traceback" not in output, output
+    assert not (tmp_path / "keys").exists()

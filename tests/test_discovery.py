@@ -113,9 +113,9 @@ def test_metadata(client, login, path):
     meta = client.get(path).get_json()
     token = login("alice")["access_token"]
     assert meta["issuer"] == jwt.decode(token, options={"verify_signature": False})["iss"]
-    assert meta["jwks_uri"] == "http://issuer.test/.well-known/jwks.json"
-    assert meta["token_endpoint"] == "http://issuer.test/auth/refresh"
-    assert meta["revocation_endpoint"] == "http://issuer.test/auth/logout"
+    assert meta["jwks_uri"] == "https://issuer.test/.well-known/jwks.json"
+    assert meta["token_endpoint"] == "https://issuer.test/auth/refresh"
+    assert meta["revocation_endpoint"] == "https://issuer.test/auth/logout"
     assert meta["grant_types_supported"] == ["refresh_token"]
     assert meta["token_endpoint_auth_methods_supported"] == ["none"]
     assert meta["access_token_signing_alg_values_supported"] == ["ES256"]

@@ -57,7 +57,7 @@ def fleet(
     redis_server.flush()
     with postgres_server.fresh_schema() as database_url:
         env = {
-            "ISSUER_URL": "http://issuer.test",
+            "ISSUER_URL": "https://issuer.test",
             "ISSUER_DATABASE_URL": database_url,
             "ISSUER_RATELIMIT_STORAGE_URI": redis_server.url(),
             "ISSUER_KEYS_DIR": str(directory / "keys"),

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import re
+import signal
 import stat
 import time
 from collections.abc import Callable
@@ -23,7 +25,7 @@ import requests
 
 from issuer.wechat.emulator import WeChatEmulator
 from tests.conftest import APPID, SECRET, Gunicorn, all_at_once
-from tests.workers import sessions_across_workers
+from tests.workers import sessions_across_workers, worker_pids
 
 pytestmark = pytest.mark.slow
 
@@ -334,7 +336,10 @@ def test_production_logs_are_json_lines_without_secrets(
         and not GUNICORN_ACCESS_LINE.match(line)
     ]
     assert not others, others
-    assert all(entry.get("logger", "").startswith("issuer") for entry in entries), entries
+    # issuer's lines, and gunicorn's own (which are JSON too: gunicorn.conf.py).
+    loggers = {entry.get("logger", "") for entry in entries}
+    assert all(name.startswith(("issuer", "gunicorn.error")) for name in loggers), loggers
+    assert any(name.startswith("issuer") for name in loggers), loggers
     assert any(entry.get("request_id") == "login-req-1" for entry in entries), entries
 
     secrets = {
@@ -359,3 +364,70 @@ def test_variables_of_the_repos_gunicorn_conf_are_not_reported_as_unknown(
     output = server.stop()
     warnings = [line for line in output.splitlines() if "unknown setting ISSUER_" in line]
     assert not warnings, warnings
+
+
+# -- 6. gunicorn's own lines are JSON too, and one start-up line says what runs
+
+
+def json_entries(output: str) -> list[dict[str, Any]]:
+    """Every non-empty line of the output, parsed: any line that is not a JSON object fails."""
+    entries = []
+    for line in output.splitlines():
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            pytest.fail(f"not a JSON line: {line!r}\n{output}")
+        assert isinstance(entry, dict), line
+        entries.append(entry)
+    return entries
+
+
+def test_every_line_at_start_worker_kill_and_shutdown_is_json(
+    gunicorn: StartGunicorn, gunicorn_env: dict[str, str]
+) -> None:
+    server = gunicorn(gunicorn_env, workers=2)
+    (killed, *_) = sorted(worker_pids(server))
+    os.kill(killed, signal.SIGKILL)
+    deadline = time.monotonic() + 15
+    while killed in worker_pids(server) or len(worker_pids(server)) < 2:
+        assert time.monotonic() < deadline, "gunicorn did not replace the killed worker"
+        time.sleep(0.05)
+    server.wait_ready()
+    assert server.process is not None
+    server.process.send_signal(signal.SIGTERM)
+    assert server.wait_exit(timeout=30) == 0
+    output = server.output()
+    entries = json_entries(output)
+    gunicorn_lines = [entry["message"] for entry in entries if entry["logger"] == "gunicorn.error"]
+    # What the lines are about: gunicorn's start, the kill, the new worker, the shutdown.
+    for expected in ("Listening at", "Booting worker", "Shutting down"):
+        assert any(expected in line for line in gunicorn_lines), (expected, gunicorn_lines)
+    assert any(str(killed) in line and "SIGKILL" in line for line in gunicorn_lines), output
+    assert sum("Booting worker" in line for line in gunicorn_lines) >= 3, gunicorn_lines
+    assert all({"time", "level", "logger", "message"} <= set(entry) for entry in entries)
+
+
+def test_one_start_up_line_in_the_master_names_what_runs_and_no_secret(
+    gunicorn: StartGunicorn, gunicorn_env: dict[str, str], tmp_path: Path
+) -> None:
+    server = gunicorn(gunicorn_env, workers=2)
+    kid = published_kids(server)[0]
+    output = server.stop()
+    messages = [entry["message"] for entry in json_entries(output)]
+    started = [index for index, text in enumerate(messages) if "issuer started" in text]
+    assert len(started) == 1, messages  # once, not once per worker ...
+    booting = [index for index, text in enumerate(messages) if "Booting worker" in text]
+    assert started[0] < booting[0], messages  # ... by the master, before the fork
+    line = messages[started[0]]
+    for part in (
+        "env=production",
+        "url=https://issuer.test",
+        f"{APPID} (miniprogram)",
+        f"database=sqlite:///{tmp_path / 'issuer.db'}",
+        "ratelimit_storage=memory://",
+        f"signing_kid={kid}",
+    ):
+        assert part in line, (part, line)
+    assert SECRET not in output

@@ -46,6 +46,9 @@ from tests.workers import connections_to_two_workers, worker_of, worker_pids
 JSCODE2SESSION = "sns/jscode2session"
 # The label names issuer's own metrics may carry: nothing that names a user, app or token.
 ALLOWED_LABELS = {"outcome", "api", "errcode", "endpoint", "le"}
+# The scraper's ISSUER_METRICS_TOKEN, sent as a Bearer token.
+TOKEN = "scrape-token-" + "0123456789abcdef" * 2
+SCRAPER = {"Authorization": f"Bearer {TOKEN}"}
 
 
 class Scrape:
@@ -70,7 +73,7 @@ class Scrape:
 
 
 def scrape(client: FlaskClient) -> Scrape:
-    response = client.get("/metrics")
+    response = client.get("/metrics", headers=SCRAPER)
     assert response.status_code == 200, response.get_data(as_text=True)
     assert response.headers["Content-Type"] == CONTENT_TYPE
     return Scrape(response.get_data(as_text=True))
@@ -78,7 +81,7 @@ def scrape(client: FlaskClient) -> Scrape:
 
 @pytest.fixture
 def metrics_app(app_factory: Callable[..., Flask]) -> Flask:
-    return app_factory(metrics=True)
+    return app_factory(metrics=True, metrics_token=TOKEN)
 
 
 @pytest.fixture
@@ -107,11 +110,44 @@ def test_off_by_default_there_is_no_metrics_route(app: Flask, client: FlaskClien
     assert "issuer.metrics" not in app.extensions
 
 
+# -- on: read only with the token
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [
+        None,
+        "",
+        "Bearer",
+        "Bearer ",
+        f"Basic {TOKEN}",
+        f"Bearer {TOKEN[:-1]}",
+        f"Bearer {TOKEN}x",
+        f"Bearer {TOKEN.upper()}",
+        "Bearer \u00e9t\u00e9",
+    ],
+)
+def test_without_the_token_metrics_answer_as_a_missing_path(
+    metrics_client: FlaskClient, authorization: str | None
+) -> None:
+    headers = {} if authorization is None else {"Authorization": authorization}
+    response = metrics_client.get("/metrics", headers=headers)
+    assert response.status_code == 404
+    assert response.get_json()["error"] == "not_found"
+    assert b"issuer_" not in response.get_data()
+
+
+def test_the_token_is_taken_with_any_case_of_the_scheme(metrics_client: FlaskClient) -> None:
+    for scheme in ("Bearer", "bearer", "BEARER"):
+        response = metrics_client.get("/metrics", headers={"Authorization": f"{scheme} {TOKEN}"})
+        assert response.status_code == 200, scheme
+
+
 # -- on, in one process
 
 
 def test_on_serves_the_text_format_as_documented(metrics_client: FlaskClient) -> None:
-    response = metrics_client.get("/metrics")
+    response = metrics_client.get("/metrics", headers=SCRAPER)
     assert response.status_code == 200
     assert response.headers["Content-Type"] == CONTENT_TYPE
     documented = documented_response("/metrics", "get", 200)
@@ -253,7 +289,7 @@ def test_wechat_calls_are_counted_by_api_and_errcode(
 def test_timeouts_and_unreachable_wechat_are_counted_with_their_latency(
     app_factory: Callable[..., Flask], wechat: WeChatEmulator
 ) -> None:
-    client = app_factory(metrics=True, wechat_timeout=0.3).test_client()
+    client = app_factory(metrics=True, metrics_token=TOKEN, wechat_timeout=0.3).test_client()
     wechat.inject(Fault(delay=0.6))
     assert log_in(client, wechat.mint_code(APPID)).status_code == 504
     assert log_in(client, wechat.mint_code(APPID, "fay")).status_code == 200
@@ -274,7 +310,7 @@ def test_timeouts_and_unreachable_wechat_are_counted_with_their_latency(
     assert sorted(edges) == [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, float("inf")]
 
     unreachable = app_factory(
-        metrics=True, wechat_api_base=f"http://127.0.0.1:{free_port()}"
+        metrics=True, metrics_token=TOKEN, wechat_api_base=f"http://127.0.0.1:{free_port()}"
     ).test_client()
     assert log_in(unreachable, "any-code").status_code == 503
     samples = scrape(unreachable)
@@ -286,7 +322,7 @@ def test_rate_limit_hits_are_counted_by_endpoint(
     app_factory: Callable[..., Flask], wechat: WeChatEmulator
 ) -> None:
     client = app_factory(
-        metrics=True, ratelimit_login="2/minute", ratelimit_refresh="1/minute"
+        metrics=True, metrics_token=TOKEN, ratelimit_login="2/minute", ratelimit_refresh="1/minute"
     ).test_client()
     wechat.inject(Fault(errcode=45011))
     assert log_in(client, wechat.mint_code(APPID)).status_code == 429  # WeChat's limit
@@ -353,8 +389,8 @@ def test_each_app_counts_on_its_own(
 ) -> None:
     """Many apps in one process (as the tests build them): no duplicate registration, and
     each app's registry holds only its own counts."""
-    first = app_factory(metrics=True).test_client()
-    second = app_factory(metrics=True).test_client()
+    first = app_factory(metrics=True, metrics_token=TOKEN).test_client()
+    second = app_factory(metrics=True, metrics_token=TOKEN).test_client()
     assert log_in(first, wechat.mint_code(APPID, "jo")).status_code == 200
     assert scrape(first)("issuer_logins_total", outcome="ok") == 1
     assert scrape(second)("issuer_logins_total", outcome="ok") == 0
@@ -366,7 +402,7 @@ def test_a_multiprocess_dir_set_after_loading_stops_start_up(
     """Counting in memory while files were asked for would split the counts per worker."""
     monkeypatch.setenv(MULTIPROC_DIR, str(tmp_path))
     with pytest.raises(StartupError) as caught:
-        app_factory(metrics=True)
+        app_factory(metrics=True, metrics_token=TOKEN)
     message = str(caught.value)
     assert message.startswith(f"{MULTIPROC_DIR}:")
     assert "\n" not in message
@@ -376,7 +412,13 @@ def test_a_multiprocess_dir_set_after_loading_stops_start_up(
 
 
 def master_environ(**more: str) -> dict[str, str]:
-    return {"ISSUER_WECHAT_APPID": APPID, "ISSUER_WECHAT_SECRET": SECRET, **more}
+    return {
+        "ISSUER_URL": "https://issuer.test",
+        "ISSUER_WECHAT_APPID": APPID,
+        "ISSUER_WECHAT_SECRET": SECRET,
+        "ISSUER_METRICS_TOKEN": TOKEN,
+        **more,
+    }
 
 
 def test_the_master_prepares_nothing_when_metrics_are_off(tmp_path: Path) -> None:
@@ -433,9 +475,15 @@ def test_the_master_empties_a_given_directory_of_stale_files(tmp_path: Path) -> 
 
 
 def request(
-    connection: http.client.HTTPConnection, method: str, path: str, body: Any = None
+    connection: http.client.HTTPConnection,
+    method: str,
+    path: str,
+    body: Any = None,
+    headers: dict[str, str] | None = None,
 ) -> tuple[int, bytes]:
-    headers = {"Content-Type": "application/json"} if body is not None else {}
+    headers = dict(headers or {})
+    if body is not None:
+        headers["Content-Type"] = "application/json"
     payload = json.dumps(body) if body is not None else None
     connection.request(method, path, body=payload, headers=headers)
     response = connection.getresponse()
@@ -443,7 +491,7 @@ def request(
 
 
 def scraped_logins(connection: http.client.HTTPConnection) -> float:
-    status, body = request(connection, "GET", "/metrics")
+    status, body = request(connection, "GET", "/metrics", headers=SCRAPER)
     assert status == 200, body
     return Scrape(body.decode())("issuer_logins_total", outcome="ok")
 
@@ -463,7 +511,13 @@ def test_gunicorn_workers_add_up_and_a_dead_worker_still_counts(
     stale.write_value(key, 1000.0, 0.0)
     stale.close()
     server = gunicorn(
-        {**gunicorn_env, "ISSUER_METRICS": "1", MULTIPROC_DIR: str(metrics_dir)}, workers=2
+        {
+            **gunicorn_env,
+            "ISSUER_METRICS": "1",
+            "ISSUER_METRICS_TOKEN": TOKEN,
+            MULTIPROC_DIR: str(metrics_dir),
+        },
+        workers=2,
     )
 
     def log_in_on(connection: http.client.HTTPConnection, user: str) -> None:

@@ -27,7 +27,7 @@ from tests.workers import connection_owners, sessions_across_workers
 
 TIMEOUT = 10
 VARIABLE = "ISSUER_RATELIMIT_STORAGE_URI"
-URL = "http://issuer.test"
+URL = "https://issuer.test"
 
 
 @pytest.fixture

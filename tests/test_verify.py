@@ -1,6 +1,6 @@
 """issuer_verify, the package downstream Python services verify access tokens with, over real HTTP.
 
-The issuer app is served on a loopback port; its tokens say ``iss = http://issuer.test`` while
+The issuer app is served on a loopback port; its tokens say ``iss = https://issuer.test`` while
 its JWKS is at the live URL, so every verifier here is given ``jwks_url`` explicitly. What is
 covered: a login token verifies; every forgery of SPEC §3 / RFC 8725 is refused (and a ``jku``
 header is never followed); forged kids cannot flood the JWKS; JWKS entries that do not name
@@ -38,7 +38,7 @@ from issuer_verify import AccessTokenVerifier, InvalidAccessToken, JwksCache
 from issuer_verify.flask import require_access_token
 from tests.conftest import APPID, FakeClock, ServerThread, all_at_once, free_port
 
-ISSUER = "http://issuer.test"
+ISSUER = "https://issuer.test"
 
 
 # -- helpers

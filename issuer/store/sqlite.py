@@ -31,6 +31,34 @@ BUSY_TIMEOUT_SECONDS = 5.0
 MINIMUM_SQLITE = (3, 39)
 
 
+def create_private(path: Path) -> None:
+    """Make the database's missing directories (0700) and the file itself (0600), whatever
+    the umask: it holds sealed secrets, for the service's user only.
+
+    SQLite gives the ``-wal`` and ``-shm`` files the database file's mode, so they follow it.
+    Directories that already exist (the working directory, ``/tmp``) are the operator's and
+    keep their mode; a database file or sidecar that exists is narrowed to 0600.
+    """
+    missing: list[Path] = []
+    parent = path.absolute().parent
+    while not parent.exists():
+        missing.append(parent)
+        parent = parent.parent
+    for directory in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # another process just made it
+            directory.mkdir(mode=0o700)
+            os.chmod(directory, 0o700)  # mkdir's mode passes through the umask
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        with contextlib.suppress(PermissionError):  # a file of another user: left as it is
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    for sidecar in (f"{path}-wal", f"{path}-shm"):
+        with contextlib.suppress(FileNotFoundError, PermissionError):
+            os.chmod(sidecar, 0o600)
+
+
 class SQLiteStore(SQLStore):
     """A :class:`issuer.store.Store` on one SQLite file."""
 
@@ -59,7 +87,7 @@ class SQLiteStore(SQLStore):
         # Only migrate() may create the file: a database that vanished while serving must
         # read as unavailable, not be silently replaced by an empty one.
         if create:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            create_private(self.path)
         mode = "rwc" if create else "rw"
         connection = sqlite3.connect(
             f"file:{quote(str(self.path.absolute()))}?mode={mode}",

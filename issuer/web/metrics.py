@@ -13,6 +13,13 @@ openid, appid, code or token):
 - ``issuer_rate_limited_total{endpoint}``: requests refused by issuer's own rate limits
   (not WeChat's 45011, which is an ``errcode`` above).
 
+Who may read them: ``/metrics`` answers only a request carrying ``Authorization: Bearer
+<ISSUER_METRICS_TOKEN>`` (RFC 6750 §2.1; Prometheus sends it with ``authorization:
+{credentials: ...}``), compared in constant time; any other request gets the same 404 as a
+path that does not exist, so the public listener shows nothing of it. The token rather than a
+second listener: the workers already sum every worker's files, an operator sets one value, and
+the scrape works through whatever network path reaches the service.
+
 Two modes. In one process (``issuer dev``, tests) each app has its own registry, so building
 many apps in one process never registers a metric twice, and the process/platform/GC
 collectors of ``prometheus_client`` are included. Under gunicorn ``PROMETHEUS_MULTIPROC_DIR``
@@ -27,6 +34,7 @@ set that variable, so this module imports ``prometheus_client`` only inside func
 
 from __future__ import annotations
 
+import hmac
 import os
 import shutil
 import tempfile
@@ -178,11 +186,20 @@ class Metrics:
 
         return generate_latest(self.registry)
 
-    def install(self, app: Flask) -> None:
-        """Serve ``GET /metrics`` on ``app``."""
-        from flask import current_app
+    def install(self, app: Flask, token: str) -> None:
+        """Serve ``GET /metrics`` on ``app`` to requests that carry ``token`` as Bearer."""
+        from flask import abort, current_app, request
+
+        expected = token.encode()
 
         def metrics() -> Response:
+            scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+            # The scheme is case-insensitive (RFC 7235 §2.1); the token is compared in
+            # constant time, so the answer's timing tells nothing of it.
+            if scheme.lower() != "bearer" or not hmac.compare_digest(
+                given.strip().encode("utf-8", "replace"), expected
+            ):
+                abort(404)  # as if there were no such path
             response = current_app.response_class(self.exposition(), content_type=CONTENT_TYPE)
             response.headers["Cache-Control"] = "no-store"
             return response
