@@ -36,12 +36,14 @@ from .ring import (
     SigningKey,
     b64url,
     data_key_id,
+    expired,
     generate_private_key,
     is_next,
     key_matches,
     key_states,
     next_key_due,
     public_jwk,
+    revoke_entries,
     rotation_due,
     signer_missing,
     thumbprint,
@@ -150,22 +152,13 @@ class KeyDirectory:
         now = time.time() if now is None else now
         with self._locked(exclusive=True):
             manifest = self._required_manifest()
-            signing = [dict(entry) for entry in manifest["signing"]]
-            states = {
-                status.kid: status.state
-                for status in key_states(signing, now, policy.retired_lifetime)
-            }
-            if states.get(kid) not in ("next", "active", "retired", "expired"):
-                raise KeyError(kid)
-            if states[kid] == "active":
-                upcoming = [entry for entry in signing if states.get(entry["kid"]) == "next"]
-                if upcoming:
-                    min(upcoming, key=lambda entry: entry["activates_at"])["activates_at"] = now
-                else:
-                    signing.append(self._new_signing_key(policy.alg, now, now))
-            for entry in signing:
-                if entry["kid"] == kid:
-                    entry["revoked_at"] = now
+            signing = revoke_entries(
+                manifest["signing"],
+                kid,
+                now,
+                policy.retired_lifetime,
+                lambda: self._new_signing_key(policy.alg, now, now),
+            )
             self._write({**manifest, "signing": signing}, policy, now)
             (self.path / signing_key_file(kid)).unlink(missing_ok=True)
 
@@ -238,7 +231,13 @@ class KeyDirectory:
         if data_key is None and not manifest["data"].get("active"):
             return True
         statuses = key_states(manifest["signing"], now, policy.retired_lifetime)
-        return signer_missing(statuses, policy) or rotation_due(statuses, policy, now)
+        return (
+            signer_missing(statuses, policy)
+            or rotation_due(statuses, policy, now)
+            # Keys whose tokens have all expired leave the manifest and the disk as soon as
+            # any process sees it, not at the next operator change.
+            or any(status.state == "expired" for status in statuses)
+        )
 
     def _complete(
         self,
@@ -267,15 +266,11 @@ class KeyDirectory:
 
     def _write(self, manifest: dict[str, Any], policy: KeyPolicy, now: float) -> dict[str, Any]:
         """Write the manifest, dropping retired keys whose tokens have all expired."""
-        expired = {
-            status.kid
-            for status in key_states(manifest["signing"], now, policy.retired_lifetime)
-            if status.state == "expired"
-        }
-        signing = [entry for entry in manifest["signing"] if entry["kid"] not in expired]
+        gone = expired(manifest["signing"], now, policy.retired_lifetime)
+        signing = [entry for entry in manifest["signing"] if entry["kid"] not in gone]
         manifest = {**manifest, "signing": signing}
         self._write_manifest(manifest)
-        for kid in expired:
+        for kid in gone:
             (self.path / signing_key_file(kid)).unlink(missing_ok=True)
         return manifest
 
