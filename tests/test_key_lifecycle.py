@@ -23,6 +23,7 @@ from flask.testing import FlaskClient
 import issuer.keys.directory as keys_module
 from issuer import key_policy
 from issuer.keys import KeyDirectory, KeyManager, KeyPolicy, KeyRing
+from issuer.keys.manager import KeyRingUnavailable
 from issuer.keys.reseal import reseal_all
 from issuer.keys.ring import MANIFEST, PUBLISH_MARGIN, key_states
 from issuer.sealing import LiveSealer, UnsealError, associated_data, phone_aad
@@ -436,7 +437,7 @@ def test_manager_makes_the_automatic_rotation_when_it_is_due(directory: Path) ->
     assert keys().active.kid == upcoming.kid
 
 
-def test_manager_keeps_its_ring_when_the_manifest_turns_corrupt(
+def test_manager_fails_closed_when_the_manifest_turns_corrupt(
     directory: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     clock = FakeClock(T0)
@@ -444,18 +445,26 @@ def test_manager_keeps_its_ring_when_the_manifest_turns_corrupt(
     ring = keys()
     good = (directory / MANIFEST).read_bytes()
 
+    # The ring it holds may carry a key that was just revoked: it serves none at all.
     (directory / MANIFEST).write_bytes(b"{half a manif")
     with caplog.at_level(logging.ERROR, logger="issuer.keys"):
-        assert keys() is ring
+        with pytest.raises(KeyRingUnavailable):
+            keys()
+        with pytest.raises(KeyRingUnavailable):
+            keys.verification_key(ring.active.kid)
         clock.advance(LEAD)
-        assert keys() is ring
+        with pytest.raises(KeyRingUnavailable):
+            keys()
+    assert keys.failure is not None
+    assert "corrupt" in keys.failure
     errors = [record for record in caplog.records if record.levelno >= logging.ERROR]
-    assert errors, "a broken key directory must be logged"
+    assert len(errors) == 1, "a broken key directory is logged once, not on every call"
     assert all(record.name == "issuer.keys" for record in errors)
 
     # Repaired: the manager picks the directory up again.
     (directory / MANIFEST).write_bytes(good)
     assert keys().active.kid == ring.active.kid
+    assert keys.failure is None
     new = KeyDirectory(directory).rotate(POLICY, now=clock())
     assert new in kids(keys())
 
@@ -566,6 +575,42 @@ def test_revoking_the_signing_key_rejects_its_tokens_at_once(
     fresh = refreshed.get_json()["access_token"]
     assert jwt.get_unverified_header(fresh)["kid"] in published
     assert me(client, fresh).status_code == 200
+
+
+def test_a_worker_that_cannot_read_the_key_ring_serves_no_key_until_it_can(
+    app: Flask,
+    client: FlaskClient,
+    login: Callable[..., dict[str, Any]],
+    wechat: WeChatEmulator,
+    keys_dir: Path,
+) -> None:
+    body = login("alice")
+    token = body["access_token"]
+    assert client.get("/readyz").status_code == 200
+    manifest = keys_dir / MANIFEST
+    good = manifest.read_bytes()
+
+    # A revocation this process cannot read (here: a manifest it cannot parse) must not
+    # leave it signing and verifying with the key it held.
+    manifest.write_bytes(b"{not json")
+    for answer in (
+        me(client, token),
+        client.post("/auth/refresh", json={"refresh_token": body["refresh_token"]}),
+        client.post("/auth/login", json={"code": wechat.mint_code(APPID, "bob")}),
+        client.get("/.well-known/jwks.json"),
+    ):
+        assert answer.status_code == 503
+        assert answer.get_json()["error"] == "temporarily_unavailable"
+        assert answer.headers["Retry-After"]
+        assert str(keys_dir) not in answer.get_data(as_text=True)
+    ready = client.get("/readyz")
+    assert ready.status_code == 503
+    assert ready.get_json()["checks"]["signing_key"] == "unavailable"
+    assert "key directory cannot be read" in ready.get_json()["error_description"]
+
+    manifest.write_bytes(good)
+    assert client.get("/readyz").status_code == 200
+    assert me(client, token).status_code == 200
 
 
 # -- data keys

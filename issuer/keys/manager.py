@@ -1,4 +1,11 @@
-"""The key ring of this process, kept in step with the key directory shared by every process."""
+"""The key ring of this process, kept in step with the key directory shared by every process.
+
+It fails closed: when a change to the directory cannot be read (a file written by another
+user, a corrupt manifest, a vanished directory) the process stops signing and verifying
+until it can read it again -- every call answers :class:`KeyRingUnavailable` (503
+``temporarily_unavailable``) and ``/readyz`` says why -- rather than go on with a ring that
+may still hold a key the operator has just revoked.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from ..errors import KeyFileError
+from ..errors import KeyFileError, TemporarilyUnavailable
 from .directory import KeyDirectory
 from .ring import KeyPolicy, KeyRing, SigningKey
 
@@ -17,12 +24,26 @@ log = logging.getLogger("issuer.keys")
 CHECK_INTERVAL = 1.0
 
 
+class KeyRingUnavailable(TemporarilyUnavailable):
+    """The key directory changed and this process cannot read it: it serves no key at all."""
+
+    default_description = "issuer cannot read its signing keys right now; retry shortly."
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "5"}
+
+
 class KeyManager:
     """This process's current key ring, kept in step with the key directory.
 
     At most once a second (monotonic clock) it looks at the manifest's ``stat``; the ring is
     rebuilt only when the manifest changed (a rotation or revocation by any process or host)
     or a state change by the clock is due. Requests never read key files.
+
+    So no request is served with a ring older than ``check_interval``: the first call after
+    the interval waits for the check (and the reload, if the manifest changed) before it gets
+    a ring. When the reload fails, every call raises :class:`KeyRingUnavailable` until a
+    later check succeeds (fail closed).
     """
 
     def __init__(
@@ -43,11 +64,18 @@ class KeyManager:
         self._ring = directory.load(policy, data_key=data_key, now=clock())
         self._fingerprint = directory.fingerprint()
         self._checked = time.monotonic()
+        # Why the directory cannot be read, while it cannot: no ring is served meanwhile.
+        self.failure: str | None = None
 
     def __call__(self) -> KeyRing:
-        """The current ring (cheap: a clock read on almost every call)."""
+        """The current ring (cheap: a clock read on almost every call).
+
+        :raises KeyRingUnavailable: the directory changed and cannot be read.
+        """
         if time.monotonic() - self._checked >= self.check_interval:
-            self._refresh(blocking=False)
+            self._refresh()
+        if self.failure is not None:
+            raise KeyRingUnavailable()
         return self._ring
 
     def fresh(self) -> KeyRing:
@@ -58,7 +86,7 @@ class KeyManager:
         process before the first token it signed can reach them.
         """
         if self.directory.fingerprint() != self._fingerprint:
-            self._refresh(blocking=True)
+            self._refresh()
         return self()
 
     def verification_key(self, kid: str) -> SigningKey | None:
@@ -71,29 +99,38 @@ class KeyManager:
             self._ring = self.directory.load(self.policy, data_key=self.data_key, now=self.clock())
             self._fingerprint = self.directory.fingerprint()
             self._checked = time.monotonic()
+            self.failure = None
         return self._ring
 
-    def _refresh(self, *, blocking: bool) -> None:
-        """Rebuild the ring if the manifest changed or a state change by the clock is due.
+    def _refresh(self) -> None:
+        """Rebuild the ring if the manifest changed, a state change by the clock is due, or
+        the last attempt failed.
 
-        Not ``blocking``: when another thread is already at it, keep the current ring.
+        Other threads wait for it rather than go on with the ring it may be replacing.
         """
-        if not self._lock.acquire(blocking=blocking):
-            return
-        try:
+        with self._lock:
             self._checked = time.monotonic()
             fingerprint = self.directory.fingerprint()
-            if fingerprint == self._fingerprint and self.clock() < self._ring.valid_until:
+            if (
+                fingerprint == self._fingerprint
+                and self.failure is None
+                and self.clock() < self._ring.valid_until
+            ):
                 return
             try:
                 self._ring = self.directory.load(
                     self.policy, data_key=self.data_key, now=self.clock()
                 )
-            except KeyFileError:
-                # A broken change must not take a serving process down: keep signing with
-                # the ring it has, and say so loudly.
-                log.exception("key directory changed but cannot be loaded; keeping the old ring")
+            except KeyFileError as error:
+                # Fail closed: the ring this process holds may carry a key that was just
+                # revoked, so it neither signs nor verifies until the directory reads again.
+                if self.failure is None:
+                    log.error(
+                        "key directory cannot be read; serving no keys until it can: %s", error
+                    )
+                self.failure = str(error)
                 return
+            if self.failure is not None:
+                log.warning("key directory readable again; serving keys")
+            self.failure = None
             self._fingerprint = self.directory.fingerprint()
-        finally:
-            self._lock.release()
