@@ -10,6 +10,7 @@ may still hold a key the operator has just revoked.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -54,18 +55,28 @@ class KeyManager:
         data_key: bytes | None = None,
         clock: Callable[[], float] = time.time,
         check_interval: float = CHECK_INTERVAL,
+        create: bool = True,
     ) -> None:
+        """:param create: make the first keys if the directory has none (later reloads never
+            do: a manifest that vanishes while serving fails closed).
+        :raises KeyFileError: the directory cannot be read (:class:`NoKeys`: it holds no keys
+            and ``create`` is False).
+        """
         self.directory = directory
         self.policy = policy
         self.data_key = data_key
         self.clock = clock
         self.check_interval = check_interval
         self._lock = threading.Lock()
-        self._ring = directory.load(policy, data_key=data_key, now=clock())
+        self._ring = directory.load(policy, data_key=data_key, now=clock(), create=create)
         self._fingerprint = directory.fingerprint()
         self._checked = time.monotonic()
         # Why the directory cannot be read, while it cannot: no ring is served meanwhile.
         self.failure: str | None = None
+        # What this process last reported to the directory: (pid, generation, failure).
+        # Not at construction: under gunicorn --preload that is the master, which serves
+        # nothing; each worker reports at its first check.
+        self._reported: tuple[int, int, str | None] | None = None
 
     def __call__(self) -> KeyRing:
         """The current ring (cheap: a clock read on almost every call).
@@ -96,7 +107,9 @@ class KeyManager:
     def reload(self) -> KeyRing:
         """Rebuild the ring now, whatever changed."""
         with self._lock:
-            self._ring = self.directory.load(self.policy, data_key=self.data_key, now=self.clock())
+            self._ring = self.directory.load(
+                self.policy, data_key=self.data_key, now=self.clock(), create=False
+            )
             self._fingerprint = self.directory.fingerprint()
             self._checked = time.monotonic()
             self.failure = None
@@ -109,28 +122,40 @@ class KeyManager:
         Other threads wait for it rather than go on with the ring it may be replacing.
         """
         with self._lock:
-            self._checked = time.monotonic()
-            fingerprint = self.directory.fingerprint()
-            if (
-                fingerprint == self._fingerprint
-                and self.failure is None
-                and self.clock() < self._ring.valid_until
-            ):
-                return
             try:
-                self._ring = self.directory.load(
-                    self.policy, data_key=self.data_key, now=self.clock()
-                )
-            except KeyFileError as error:
-                # Fail closed: the ring this process holds may carry a key that was just
-                # revoked, so it neither signs nor verifies until the directory reads again.
-                if self.failure is None:
-                    log.error(
-                        "key directory cannot be read; serving no keys until it can: %s", error
-                    )
-                self.failure = str(error)
-                return
-            if self.failure is not None:
-                log.warning("key directory readable again; serving keys")
-            self.failure = None
-            self._fingerprint = self.directory.fingerprint()
+                self._check()
+            finally:
+                self._report()
+
+    def _check(self) -> None:
+        """One look at the directory (the lock held)."""
+        self._checked = time.monotonic()
+        fingerprint = self.directory.fingerprint()
+        if (
+            fingerprint == self._fingerprint
+            and self.failure is None
+            and self.clock() < self._ring.valid_until
+        ):
+            return
+        try:
+            self._ring = self.directory.load(
+                self.policy, data_key=self.data_key, now=self.clock(), create=False
+            )
+        except KeyFileError as error:
+            # Fail closed: the ring this process holds may carry a key that was just
+            # revoked, so it neither signs nor verifies until the directory reads again.
+            if self.failure is None:
+                log.error("key directory cannot be read; serving no keys until it can: %s", error)
+            self.failure = str(error)
+            return
+        if self.failure is not None:
+            log.warning("key directory readable again; serving keys")
+        self.failure = None
+        self._fingerprint = self.directory.fingerprint()
+
+    def _report(self) -> None:
+        """Tell the directory which generation this process now serves, when that changed."""
+        state = (os.getpid(), self._ring.generation, self.failure)
+        if state != self._reported:
+            self._reported = state
+            self.directory.report(self._ring.generation, self.failure)

@@ -143,6 +143,8 @@ class KeyRing:
     data_keys: Mapping[str, bytes] = field(repr=False)
     active_data_kid: str
     valid_until: float = float("inf")
+    # The manifest's generation this ring was built from: workers report it to the CLI.
+    generation: int = 0
     jwks_json: bytes = field(init=False, repr=False)
     jwks_etag: str = field(init=False)
 
