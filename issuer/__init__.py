@@ -136,8 +136,7 @@ def open_key_ring(settings: Settings, store: Store, clock: Callable[[], float]) 
         raise StartupError(
             f"ISSUER_KEYS_DIR: {settings.keys_dir} holds no keys but the database holds data "
             "sealed with data keys: the keys do not match the data (point ISSUER_KEYS_DIR at "
-            "the directory this database was used with, or run `issuer keys init` to start "
-            "afresh on purpose)"
+            "the directory this database was used with, or restore it from backup)"
         ) from None
     ring = keys()
     problem = mismatch(ring.data_keys, checks, sealed_with)

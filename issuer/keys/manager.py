@@ -23,6 +23,11 @@ log = logging.getLogger("issuer.keys")
 
 # How often a process looks at the manifest for changes made by other processes.
 CHECK_INTERVAL = 1.0
+# How long a request may take from reading the ring (to seal a secret with the active data
+# key) to committing the row: its writes give up sooner (SQLite's busy timeout, 5 s;
+# PostgreSQL's pool wait and statement timeout) and answer 503. A data key is dropped only
+# once every process switched away from it and this much more time has passed.
+LONGEST_WRITE = 15.0
 
 
 class KeyRingUnavailable(TemporarilyUnavailable):
