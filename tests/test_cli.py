@@ -392,3 +392,35 @@ def test_an_id_that_starts_with_a_dash_is_an_id_not_an_option(run, command, what
     assert "-Abc_123" in line
     assert what in line
     assert "No such option" not in line
+
+
+@pytest.mark.stores
+def test_users_revoke_ends_every_session_of_the_user_and_leaves_an_audit_line(
+    run: Callable[..., Result],
+    log_in: Callable[[str], dict[str, Any]],
+    issuer_app: Flask,
+) -> None:
+    first, second = log_in("alice"), log_in("alice")
+    other = log_in("bob")
+    assert first["user_id"] == second["user_id"]
+
+    result = run("users", "revoke", first["user_id"])
+
+    assert f"ended 2 sessions of {first['user_id']}" in ok(result)
+    (line,) = audit_lines(result)
+    assert (line["message"], line["user_id"], line["sessions"]) == (
+        "users revoke",
+        first["user_id"],
+        2,
+    )
+    client = issuer_app.test_client()
+    for body in (first, second):
+        refused = client.post("/auth/refresh", json={"refresh_token": body["refresh_token"]})
+        assert refused.status_code == 400
+        assert refused.get_json()["error"] == "invalid_grant"
+        me = client.get("/me", headers={"Authorization": f"Bearer {body['access_token']}"})
+        assert me.status_code == 401
+    kept = client.post("/auth/refresh", json={"refresh_token": other["refresh_token"]})
+    assert kept.status_code == 200
+    assert "ended 0 sessions" in ok(run("users", "revoke", first["user_id"]))
+    assert "no user usr_nobody" in one_line_failure(run("users", "revoke", "usr_nobody"))
