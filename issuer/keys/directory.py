@@ -320,7 +320,9 @@ class KeyDirectory:
         try:
             text = file.read_text()
         except FileNotFoundError:
-            if any(self.path.glob("signing-*.pem")) or any(self.path.glob("data-*.key")):
+            if any(self.path.glob(signing_key_file("*"))) or any(
+                self.path.glob(data_key_file("*"))
+            ):
                 raise KeyFileError(
                     f"{file} is missing but key files are present; restore it from backup"
                 ) from None
