@@ -248,7 +248,7 @@ def keys_init() -> None:
     """Create the keys of a new deployment (start-up does it too, beside an empty database)."""
     settings = _settings()
     directory, policy = _changing_keys(settings)
-    if directory.data_key_ids()[1] or directory.generation():
+    if directory.holds_keys():
         raise click.ClickException(f"ISSUER_KEYS_DIR: {directory.path} already holds keys")
     ring = directory.load(policy, data_key=settings.data_key)
     _audit(

@@ -157,6 +157,10 @@ class KeyDirectory:
             return None, []
         return manifest["data"].get("active"), list(manifest["data"]["keys"])
 
+    def holds_keys(self) -> bool:
+        """The directory has a manifest (reads only)."""
+        return self._read_manifest() is not None
+
     def generation(self) -> int:
         """The manifest's generation: bumped by every write (0 when there is none)."""
         manifest = self._read_manifest()
