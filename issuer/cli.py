@@ -356,8 +356,20 @@ def data_key_rotate(wait: float, grace: float) -> None:
     _audit("data-key rotate", data_kid=kid, previous=previous)
     click.echo(f"new data key {kid}; new secrets are sealed with it")
     ring = service.keys.reload()
-    service.store.add_data_key_check(kid, check_value(ring.data_keys[kid], kid), time.time())
-    _reseal_and_drop(service, directory, ring.generation, switched, wait, grace)
+    _reseal_and_drop(
+        service,
+        directory,
+        ring.generation,
+        switched,
+        wait,
+        grace,
+        # Recorded once the workers hold the key: /readyz compares the check values with
+        # each worker's ring, and one a second behind must not read as "keys do not match".
+        # (A crash before this is harmless: start-up records a check for every key it has.)
+        then=lambda: service.store.add_data_key_check(
+            kid, check_value(ring.data_keys[kid], kid), time.time()
+        ),
+    )
 
 
 @data_key.command("drop-unused")
@@ -379,9 +391,12 @@ def _reseal_and_drop(
     switched: float,
     wait: float,
     grace: float,
+    then: Callable[[], None] = lambda: None,
 ) -> None:
-    """Wait for every process to seal with the active key, re-seal, drop unused old keys."""
+    """Wait for every process to seal with the active key (then call ``then``), re-seal,
+    drop unused old keys."""
     behind = _await_workers(directory, generation, wait, fail=False)
+    then()
     # A process of this host that has not looked since serves nothing before it does (its
     # check interval), and what it sealed before is written within the grace. One elsewhere
     # may not see the change at all (a network filesystem caching the manifest), and one

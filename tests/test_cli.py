@@ -281,6 +281,8 @@ def test_data_key_rotate_reseals_existing_rows_and_drops_the_old_key(
     assert store.sealed_kid_counts() == {new_kid: stored}
     assert sorted(path.name for path in keys_dir.glob("data-*.key")) == [f"data-{new_kid}.key"]
     assert new_kid != old_kid
+    # The database's check values follow: the new key's is there, the dropped key's is gone.
+    assert set(store.data_key_checks()) == {new_kid}
 
     # The serving app follows: its sessions refresh, its users log in again.
     client = issuer_app.test_client()
