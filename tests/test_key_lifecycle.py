@@ -236,10 +236,10 @@ def fail_manifest_writes(monkeypatch: pytest.MonkeyPatch) -> None:
     """From now on every write of the manifest fails, as a crash just before it would."""
     real = keys_module.write_secret
 
-    def write_secret(path: Path, data: bytes) -> None:
+    def write_secret(path: Path, data: bytes, *, sync: bool = True) -> None:
         if path.name == MANIFEST:
             raise OSError(errno.ENOSPC, "No space left on device")
-        real(path, data)
+        real(path, data, sync=sync)
 
     monkeypatch.setattr(keys_module, "write_secret", write_secret)
 
@@ -256,6 +256,40 @@ def test_failed_rotate_over_a_next_key_leaves_the_directory_loadable(
     # The manifest still names the next key, so its file must still be there.
     ring = KeyDirectory(directory).load(POLICY, now=T0 + 30)
     assert kids(ring) == {first, upcoming}
+
+
+def test_revoking_the_active_key_never_brings_back_a_key_still_in_the_manifest(
+    keys: KeyDirectory, directory: Path, first: str
+) -> None:
+    """The reported case: a retired key past its lifetime is still in the manifest (no process
+    loaded the directory since), then the active key is revoked."""
+    second = keys.rotate(POLICY, immediately=True, now=T0 + 10)
+    later = T0 + 10 + LIFETIME + 5  # `first` expired; nothing has loaded since
+    assert first in manifest_kids(directory)
+    assert pem(directory, first).exists()
+
+    keys.revoke(second, POLICY, now=later)
+
+    ring = KeyDirectory(directory).load(POLICY, now=later)
+    assert first not in kids(ring)
+    assert ring.verification_key(first) is None
+    assert first not in manifest_kids(directory)
+    assert not pem(directory, first).exists()
+
+
+def test_a_failed_cleanup_write_still_serves_without_the_expired_key(
+    keys: KeyDirectory,
+    directory: Path,
+    first: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    second = keys.rotate(POLICY, immediately=True, now=T0 + 10)
+    fail_manifest_writes(monkeypatch)
+    with caplog.at_level(logging.WARNING, logger="issuer.keys"):
+        ring = KeyDirectory(directory).load(POLICY, now=T0 + 10 + LIFETIME + 5)
+    assert kids(ring) == {second}
+    assert "No space left" in caplog.text
 
 
 @pytest.mark.parametrize("which", ["next", "active"])

@@ -132,7 +132,19 @@ class KeyDirectory:
             with self._locked(exclusive=True):
                 manifest = self._read_manifest()  # another process may have written it
                 if self._due(manifest, policy, data_key, now):
-                    manifest = self._complete(manifest, policy, data_key, now)
+                    try:
+                        manifest = self._complete(manifest, policy, data_key, now)
+                    except OSError as error:
+                        if manifest is None or self._lacks_key(manifest, policy, data_key, now):
+                            raise KeyFileError(
+                                f"cannot write to {self.path}: {error.strerror}"
+                            ) from None
+                        # Only housekeeping was due (dropping expired keys, announcing the
+                        # automatic rotation's next key): the ring the manifest gives is
+                        # sound without it (expired keys are never in it); try again later.
+                        log.warning(
+                            "cannot write to %s (%s); will try again", self.path, error.strerror
+                        )
         assert manifest is not None
         return self._ring(manifest, policy, data_key, now)
 
@@ -279,7 +291,9 @@ class KeyDirectory:
                 lambda: self._new_signing_key(policy.alg, now, now),
             )
             self._write({**manifest, "signing": signing}, policy, now)
-            (self.path / signing_key_file(kid)).unlink(missing_ok=True)
+            # The revoked key's file, and those of expired keys revoke_entries dropped.
+            live = [entry for entry in signing if entry.get("revoked_at") is None]
+            self._remove_key_files(manifest["signing"], keep=live)
 
     def add_data_key(self) -> str:
         """Make a new active data key; older ones stay for the rows they sealed."""
@@ -339,6 +353,14 @@ class KeyDirectory:
         except (ValueError, KeyError, TypeError, AttributeError):
             raise KeyFileError(f"{file} is corrupt; restore it from backup") from None
         return dict(manifest)
+
+    def _lacks_key(
+        self, manifest: dict[str, Any], policy: KeyPolicy, data_key: bytes | None, now: float
+    ) -> bool:
+        """No key signs, or no data key seals: the ring cannot be built without a write."""
+        if data_key is None and not manifest["data"].get("active"):
+            return True
+        return signer_missing(key_states(manifest["signing"], now, policy.retired_lifetime), policy)
 
     def _due(
         self,
