@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import fcntl
 import json
+import logging
 import os
 import shutil
 import stat
@@ -102,12 +103,30 @@ def test_first_load_creates_one_key_of_each_kind_with_private_modes(tmp_path: Pa
     assert len(ring.data_keys[ring.active_data_kid]) == 32
 
 
+def test_generated_keys_are_logged_by_id_only(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    directory = tmp_path / "keys"
+    with caplog.at_level(logging.INFO, logger="issuer.keys"):
+        ring = load(directory)
+    messages = [record.getMessage() for record in caplog.records if record.name == "issuer.keys"]
+    assert any(ring.active.kid in message for message in messages), messages
+    assert any(ring.active_data_kid in message for message in messages), messages
+    secret = (directory / f"data-{ring.active_data_kid}.key").read_text().strip()
+    assert not any(secret in message for message in messages)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="issuer.keys"):
+        load(directory)
+    assert not [record for record in caplog.records if record.name == "issuer.keys"]
+
+
 def test_manifest_records_times_not_states(tmp_path: Path) -> None:
     directory = tmp_path / "keys"
     ring = load(directory, now=T0)
     manifest = json.loads((directory / MANIFEST).read_bytes())
     assert manifest == {
         "version": 1,
+        "generation": 1,
         "signing": [{"kid": ring.active.kid, "alg": "ES256", "created_at": T0, "activates_at": T0}],
         "data": {"active": ring.active_data_kid, "keys": [ring.active_data_kid]},
     }
