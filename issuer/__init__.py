@@ -18,10 +18,12 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from .config import ConfigError, Settings, load_settings
 from .errors import StartupError
 from .keys import KeyDirectory, KeyManager, KeyPolicy
+from .keys.directory import NoKeys
+from .keys.matching import mismatch, record_checks
 from .logs import configure_logging
 from .sealing import LiveSealer
 from .service import AuthService
-from .store import StoreUnavailable, open_store
+from .store import Store, StoreUnavailable, open_store
 from .userdata import UserData
 from .web.metrics import Metrics
 from .wechat.client import WeChatClient
@@ -50,15 +52,10 @@ def create_app(
     for warning in settings.warnings:
         app.logger.warning(warning)
 
-    keys = KeyManager(
-        KeyDirectory(settings.keys_dir),
-        key_policy(settings),
-        data_key=settings.data_key,
-        clock=clock,
-    )
     store = open_store(settings.database_url)
     try:
         store.migrate()
+        keys = open_key_ring(settings, store, clock)
     except StoreUnavailable as error:
         raise StartupError(f"ISSUER_DATABASE_URL: cannot open the database: {error}") from None
     finally:
@@ -113,6 +110,41 @@ def create_app(
     if settings.emulate_wechat:
         _mount_emulator(app, settings)
     return app
+
+
+def open_key_ring(settings: Settings, store: Store, clock: Callable[[], float]) -> KeyManager:
+    """The process's key ring, checked against the data the database holds.
+
+    Keys are made only for a database that holds no sealed data: an empty key directory
+    beside a database that does is a wrong ``ISSUER_KEYS_DIR`` (or lost keys), never a first
+    start, and minting keys there would serve tokens nobody else knows and fail every refresh.
+
+    :raises StartupError: the keys cannot be read or do not match the data (one line).
+    :raises StoreUnavailable: the database cannot answer.
+    """
+    checks = store.data_key_checks()
+    sealed_with = set(store.sealed_kid_counts())
+    holds_data = bool(checks or sealed_with)
+    try:
+        keys = KeyManager(
+            KeyDirectory(settings.keys_dir),
+            key_policy(settings),
+            data_key=settings.data_key,
+            clock=clock,
+            create=not holds_data,
+        )
+    except NoKeys:
+        raise StartupError(
+            f"ISSUER_KEYS_DIR: {settings.keys_dir} holds no keys but the database holds data "
+            "sealed with data keys: the keys do not match the data (point ISSUER_KEYS_DIR at "
+            "the directory this database was used with, or restore it from backup)"
+        ) from None
+    ring = keys()
+    problem = mismatch(ring.data_keys, checks, sealed_with)
+    if problem is not None:
+        raise StartupError(f"ISSUER_KEYS_DIR: the keys do not match the data: {problem}")
+    record_checks(ring, store, checks, clock())
+    return keys
 
 
 def key_policy(settings: Settings) -> KeyPolicy:

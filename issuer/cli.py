@@ -1,28 +1,50 @@
-"""The ``issuer`` command: Flask's CLI with the app's configuration, plus operator commands.
+"""The ``issuer`` command (click): the development server and the operator commands.
 
 ``issuer dev`` runs development mode with the WeChat emulator and prints a walkthrough;
-``keys list|rotate|revoke``, ``data-key rotate``, ``db upgrade``, ``prune`` and
-``users show`` operate a deployment (SPEC §9). Every command exits non-zero with one clear
-line when it fails or the configuration or keys are unusable.
+``keys init|list|rotate|revoke``, ``data-key rotate|drop-unused``, ``db upgrade``, ``prune``
+and ``users show|revoke`` operate a deployment. A plain click group, not Flask's: Flask's own
+``run``/``shell``/``routes`` and ``--debug`` would serve the production configuration on
+Werkzeug's debugger. ``--help`` needs no configuration; the settings are read by each command.
+
+Every command prints what it did and exits non-zero with one clear line when it fails.
+Read-only commands (``keys list``, ``users show``) create nothing: no key, no database file.
+Every change leaves one JSON line on stderr (``issuer.audit``: who, what, when, ids; never a
+secret). Commands that change keys run only as the key directory's owner, and wait until
+every serving process has picked the change up, or say which did not.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
+import pwd
+import socket
 import sys
 import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
-from flask import Flask, current_app
-from flask.cli import FlaskGroup, with_appcontext
+from flask import Flask
 
-from . import create_app
+from . import create_app, key_policy
+from .config import Settings, load_settings
 from .errors import StartupError
-from .keys import KeyManager
+from .keys import KeyDirectory, KeyPolicy
+from .keys.directory import WorkerReport
+from .keys.manager import CHECK_INTERVAL, LONGEST_WRITE
+from .keys.matching import check_value
 from .keys.reseal import reseal_all
+from .logs import configure_logging
 from .service import AuthService, rfc3339
+from .store import StoreUnavailable, open_store
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# How long a key change waits for every serving process to report it serves the change.
+WORKER_WAIT = 10.0
 
 WALKTHROUGH = """\
 issuer is running in development mode, with a WeChat emulator at {url}/_wechat.
@@ -69,18 +91,132 @@ def _create_app() -> Flask:
         raise click.ClickException(str(error)) from None
 
 
-@click.group(
-    cls=FlaskGroup,
-    create_app=_create_app,
-    add_version_option=False,
-    load_dotenv=False,
-    set_debug_flag=False,
+def _one_line(command: F) -> F:
+    """Turn the failures an operator can fix into one line and a non-zero exit."""
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except StartupError as error:  # settings, key files
+            raise click.ClickException(str(error)) from None
+        except StoreUnavailable as error:
+            raise click.ClickException(
+                f"ISSUER_DATABASE_URL: cannot open the database: {error}"
+            ) from None
+
+    return run  # type: ignore[return-value]
+
+
+def _settings() -> Settings:
+    settings = load_settings()
+    configure_logging(json_lines=not settings.development)
+    return settings
+
+
+def _who() -> str:
+    """The OS user running the command (and who became it through sudo)."""
+    try:
+        name = pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        name = f"uid {os.geteuid()}"
+    invoker = os.environ.get("SUDO_USER")
+    return f"{name} (sudo by {invoker})" if invoker and invoker != name else name
+
+
+def _audit(action: str, **ids: Any) -> None:
+    """One JSON line on stderr for a change: who, what, when, which ids. Never a secret."""
+    entry = {
+        "time": rfc3339(time.time()),
+        "level": "INFO",
+        "logger": "issuer.audit",
+        "message": action,
+        "who": _who(),
+        "host": socket.gethostname(),
+        **ids,
+    }
+    click.echo(json.dumps(entry, ensure_ascii=False), err=True)
+
+
+def _service(app: Flask) -> AuthService:
+    service: AuthService = app.extensions["issuer"]
+    return service
+
+
+def _keys(settings: Settings) -> tuple[KeyDirectory, KeyPolicy]:
+    return KeyDirectory(settings.keys_dir), key_policy(settings)
+
+
+def _when(timestamp: float | None) -> str:
+    return "-" if timestamp is None else rfc3339(timestamp)
+
+
+def _await_workers(
+    directory: KeyDirectory, generation: int, wait: float, *, fail: bool = True
+) -> list[WorkerReport]:
+    """Wait (at most ``wait`` seconds) until every serving process reports that it serves
+    ``generation`` of the manifest; say which did not.
+
+    A process that has not reported it is one that has served no request since the change
+    (each looks at the directory before serving once its check interval has passed), so it
+    picks the change up before its next request. One that reports it cannot read the
+    directory serves no keys at all: that fails the command.
+    """
+    here, me = socket.gethostname(), os.getpid()
+    deadline = time.monotonic() + wait
+    while True:
+        reports = [
+            report
+            for report in directory.reports()
+            if not report.dead and (report.host, report.pid) != (here, me)
+        ]
+        behind = [r for r in reports if r.generation < generation or r.failure is not None]
+        if not behind or time.monotonic() >= deadline:
+            break
+        time.sleep(0.1)
+    done = len(reports) - len(behind)
+    if not behind:
+        click.echo(f"picked up by every serving process that reports here ({done})")
+        return []
+    failing = [report for report in behind if report.failure is not None]
+    for report in behind:
+        where = f"pid {report.pid} on {report.host}"
+        if report.failure is not None:
+            click.echo(f"NOT picked up: {where} cannot read the key directory: {report.failure}")
+        else:
+            click.echo(
+                f"not confirmed: {where} has not looked since (it does before its next "
+                "request, or it has stopped)"
+            )
+    click.echo(f"picked up by {done} of {len(reports)} serving processes")
+    if failing and fail:
+        raise click.ClickException(
+            f"{len(failing)} serving processes cannot read the key directory and serve no keys"
+        )
+    return behind
+
+
+def _changing_keys(settings: Settings) -> tuple[KeyDirectory, KeyPolicy]:
+    directory, policy = _keys(settings)
+    directory.check_owner()
+    return directory, policy
+
+
+wait_option = click.option(
+    "--wait",
+    type=click.FloatRange(min=0),
+    default=WORKER_WAIT,
+    show_default=True,
+    help="Seconds to wait for every serving process to pick the change up.",
 )
+
+
+@click.group()
 def main() -> None:
-    """Operate issuer: run it, migrate its database, manage its keys."""
+    """Operate issuer: run it in development, migrate its database, manage its keys."""
 
 
-@main.command("dev", with_appcontext=False)
+@main.command("dev")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
 def dev(host: str, port: int) -> None:
@@ -101,30 +237,35 @@ def dev(host: str, port: int) -> None:
     run_simple(host, port, app, threaded=True, use_reloader=False)
 
 
-def _service() -> AuthService:
-    service: AuthService = current_app.extensions["issuer"]
-    return service
-
-
-def _manager() -> KeyManager:
-    return _service().keys
-
-
-def _when(timestamp: float | None) -> str:
-    return "-" if timestamp is None else rfc3339(timestamp)
-
-
 @main.group("keys")
 def keys() -> None:
-    """Signing keys: list, rotate, revoke."""
+    """Signing keys: init, list, rotate, revoke."""
+
+
+@keys.command("init")
+@_one_line
+def keys_init() -> None:
+    """Create the keys of a new deployment (start-up does it too, beside an empty database)."""
+    settings = _settings()
+    directory, policy = _changing_keys(settings)
+    if directory.data_key_ids()[1] or directory.generation():
+        raise click.ClickException(f"ISSUER_KEYS_DIR: {directory.path} already holds keys")
+    ring = directory.load(policy, data_key=settings.data_key)
+    _audit(
+        "keys init",
+        keys_dir=str(directory.path),
+        kid=ring.active.kid,
+        data_kid=ring.active_data_kid,
+    )
+    click.echo(f"created signing key {ring.active.kid} and data key {ring.active_data_kid}")
 
 
 @keys.command("list")
-@with_appcontext
+@_one_line
 def keys_list() -> None:
-    """Every signing key with its state and times."""
-    manager = _manager()
-    statuses = manager.directory.statuses(manager.policy)
+    """Every signing key with its state and times (reads only)."""
+    directory, policy = _keys(_settings())
+    statuses = directory.statuses(policy)
     click.echo(f"{'kid':<44} {'alg':<6} {'state':<8} {'signs from':<21} {'unpublished at':<21}")
     for status in sorted(statuses, key=lambda item: item.activates_at):
         until = status.revoked_at if status.state == "revoked" else status.unpublish_at
@@ -141,18 +282,19 @@ def keys_list() -> None:
     is_flag=True,
     help="Sign with the new key at once (emergencies): verifiers refetch on its kid.",
 )
-@with_appcontext
-def keys_rotate(immediately: bool) -> None:
+@wait_option
+@_one_line
+def keys_rotate(immediately: bool, wait: float) -> None:
     """Publish a new next key; it signs once verifiers' caches hold it."""
-    manager = _manager()
-    kid = manager.directory.rotate(manager.policy, immediately=immediately)
+    directory, policy = _changing_keys(_settings())
+    kid = directory.rotate(policy, immediately=immediately)
+    status = next(item for item in directory.statuses(policy) if item.kid == kid)
+    _audit("keys rotate", kid=kid, now=immediately, signs_from=rfc3339(status.activates_at))
     if immediately:
         click.echo(f"new key {kid} signs from now")
     else:
-        status = next(
-            item for item in manager.directory.statuses(manager.policy) if item.kid == kid
-        )
         click.echo(f"new key {kid} published; it signs from {rfc3339(status.activates_at)}")
+    _await_workers(directory, directory.generation(), wait)
 
 
 # A kid is base64url and may begin with "-": take it as the argument, never as an option.
@@ -161,16 +303,19 @@ ID_ARGUMENT = {"ignore_unknown_options": True}
 
 @keys.command("revoke", context_settings=ID_ARGUMENT)
 @click.argument("kid")
-@with_appcontext
-def keys_revoke(kid: str) -> None:
+@wait_option
+@_one_line
+def keys_revoke(kid: str, wait: float) -> None:
     """Remove KID from the JWKS and from verification at once."""
-    manager = _manager()
+    directory, policy = _changing_keys(_settings())
     try:
-        manager.directory.revoke(kid, manager.policy)
+        directory.revoke(kid, policy)
     except KeyError:
         raise click.ClickException(f"no published signing key has kid {kid}") from None
-    ring = manager.reload()
-    click.echo(f"key {kid} revoked; {ring.active.kid} signs")
+    active = next(item.kid for item in directory.statuses(policy) if item.state == "active")
+    _audit("keys revoke", kid=kid, active=active)
+    click.echo(f"key {kid} revoked; {active} signs")
+    _await_workers(directory, directory.generation(), wait)
 
 
 @main.group("data-key")
@@ -178,53 +323,122 @@ def data_key() -> None:
     """The data key that seals stored secrets."""
 
 
+grace_option = click.option(
+    "--grace",
+    type=click.FloatRange(min=0),
+    default=CHECK_INTERVAL + LONGEST_WRITE,
+    show_default=True,
+    help="Seconds after the switch before re-sealing: requests that read the old key by "
+    "then have written.",
+)
+
+
 @data_key.command("rotate")
-@with_appcontext
-def data_key_rotate() -> None:
-    """Make a new data key, re-seal every stored secret with it, drop unneeded old keys."""
-    service = _service()
-    if service.settings.data_key is not None:
+@wait_option
+@grace_option
+@_one_line
+def data_key_rotate(wait: float, grace: float) -> None:
+    """Make a new data key, re-seal every stored secret with it, drop unneeded old keys.
+
+    Old keys are dropped only once every serving process has confirmed the new one and the
+    grace has passed, so no row sealed meanwhile with an old key is ever lost.
+    """
+    settings = _settings()
+    if settings.data_key is not None:
         raise click.ClickException(
             "ISSUER_DATA_KEY is set: rotate it there (add the new key, keep the old key file)"
         )
-    manager = _manager()
-    kid = manager.directory.add_data_key()
-    manager.reload()
+    directory, _ = _changing_keys(settings)
+    service = _service(_create_app())
+    previous = directory.data_key_ids()[0]
+    kid = directory.add_data_key()
+    switched = time.monotonic()
+    _audit("data-key rotate", data_kid=kid, previous=previous)
+    click.echo(f"new data key {kid}; new secrets are sealed with it")
+    ring = service.keys.reload()
+    service.store.add_data_key_check(kid, check_value(ring.data_keys[kid], kid), time.time())
+    _reseal_and_drop(service, directory, ring.generation, switched, wait, grace)
+
+
+@data_key.command("drop-unused")
+@wait_option
+@grace_option
+@_one_line
+def data_key_drop_unused(wait: float, grace: float) -> None:
+    """Re-seal what old data keys still seal, then drop the keys no row needs."""
+    directory, _ = _changing_keys(_settings())
+    service = _service(_create_app())
+    ring = service.keys.reload()
+    _reseal_and_drop(service, directory, ring.generation, time.monotonic(), wait, grace)
+
+
+def _reseal_and_drop(
+    service: AuthService,
+    directory: KeyDirectory,
+    generation: int,
+    switched: float,
+    wait: float,
+    grace: float,
+) -> None:
+    """Wait for every process to seal with the active key, re-seal, drop unused old keys."""
+    behind = _await_workers(directory, generation, wait, fail=False)
+    # A process of this host that has not looked since serves nothing before it does (its
+    # check interval), and what it sealed before is written within the grace. One elsewhere
+    # may not see the change at all (a network filesystem caching the manifest), and one
+    # that cannot read the directory may come back on the old ring: keep the old keys.
+    here = socket.gethostname()
+    confirmed = not any(report.failure is not None or report.host != here for report in behind)
+    # A request that read the old key just before its process switched writes within this.
+    time.sleep(max(0.0, switched + grace - time.monotonic()))
     report = reseal_all(service.store, service.sealer)
-    unneeded = [
-        old
-        for old in manager.directory.data_key_ids()[1]
-        if old != kid and report.remaining.get(old, 0) == 0
-    ]
-    manager.directory.drop_data_keys(unneeded)
-    click.echo(f"new data key {kid}; {report.resealed} stored secrets re-sealed")
-    still = {old: count for old, count in report.remaining.items() if old != kid and count}
-    if still or report.unreadable:
-        click.echo(f"old keys still needed by rows written meanwhile: {still}; run it again")
-        if report.unreadable:
-            raise click.ClickException(f"{report.unreadable} stored secrets cannot be opened")
+    click.echo(f"{report.resealed} stored secrets re-sealed")
+    active = service.keys.reload().active_data_kid
+    counts = service.store.sealed_kid_counts()
+    unused = [old for old in directory.data_key_ids()[1] if old != active and not counts.get(old)]
+    still = {old: count for old, count in counts.items() if old != active and count}
+    if still:
+        click.echo(f"old data keys still needed by rows written meanwhile: {still}; run it again")
+    if unused and not confirmed:
+        click.echo(
+            f"old data keys kept: {', '.join(unused)} (not every serving process confirmed "
+            "the new key); run `issuer data-key drop-unused` once they have"
+        )
+    elif unused:
+        for old in unused:
+            service.store.drop_data_key_check(old)
+        directory.drop_data_keys(unused)
+        _audit("data-key drop", data_kids=unused)
+        click.echo(f"dropped old data keys: {', '.join(unused)}")
+    if report.unreadable:
+        raise click.ClickException(f"{report.unreadable} stored secrets cannot be opened")
 
 
 @main.command("prune")
-@with_appcontext
+@_one_line
 def prune() -> None:
     """Delete ended sessions (expired or revoked) and stale login code hashes."""
-    removed = _service().store.prune(time.time())
+    _settings()
+    removed = _service(_create_app()).store.prune(time.time())
+    _audit("prune", **removed)
     click.echo(f"removed {removed['sessions']} sessions, {removed['login_codes']} login codes")
 
 
 @main.group("users")
 def users() -> None:
-    """Look users up."""
+    """Look users up, end their sessions."""
 
 
 @users.command("show", context_settings=ID_ARGUMENT)
 @click.argument("user_id")
-@with_appcontext
+@_one_line
 def users_show(user_id: str) -> None:
-    """A user, its identities and live sessions, as JSON (no secrets)."""
-    store = _service().store
-    user = store.get_user(user_id)
+    """A user, its identities and live sessions, as JSON (no secrets; reads only)."""
+    url = _settings().database_url
+    store = open_store(url)  # no migration: it would create the file or the tables
+    try:
+        user = store.get_user(user_id)
+    except StoreUnavailable as error:
+        raise StoreUnavailable(_connection_failure(url) or str(error)) from None
     if user is None:
         raise click.ClickException(f"no user {user_id}")
     shown = {
@@ -247,14 +461,45 @@ def users_show(user_id: str) -> None:
     click.echo(json.dumps(shown, indent=2, ensure_ascii=False))
 
 
+def _connection_failure(url: str) -> str | None:
+    """Why PostgreSQL refuses a connection, in one line without the password; None when it
+    accepts one (or for SQLite). The pool only says it got no connection in time."""
+    if not url.startswith(("postgresql://", "postgres://")):
+        return None
+    import psycopg
+
+    from .store.postgres import CONNECT_TIMEOUT_SECONDS, parse_url, redact, url_passwords
+
+    params = parse_url(url)
+    try:
+        psycopg.connect(**{"connect_timeout": CONNECT_TIMEOUT_SECONDS, **params}).close()
+    except psycopg.Error as error:
+        return f"PostgreSQL: {redact(str(error), url_passwords(url, params))}"
+    return None
+
+
+@users.command("revoke", context_settings=ID_ARGUMENT)
+@click.argument("user_id")
+@_one_line
+def users_revoke(user_id: str) -> None:
+    """End every session of the user: its refresh tokens stop working at once."""
+    store = _service(_create_app()).store
+    if store.get_user(user_id) is None:
+        raise click.ClickException(f"no user {user_id}")
+    ended = store.revoke_user_sessions(user_id, time.time())
+    _audit("users revoke", user_id=user_id, sessions=ended)
+    click.echo(f"ended {ended} sessions of {user_id}")
+
+
 @main.group("db")
 def db() -> None:
     """Database commands."""
 
 
 @db.command("upgrade")
-@with_appcontext
+@_one_line
 def db_upgrade() -> None:
     """Migrate the database to the newest schema (start-up does this too)."""
-    version = current_app.extensions["issuer"].store.migrate()
+    version = _service(_create_app()).store.migrate()
+    _audit("db upgrade", schema_version=version)
     click.echo(f"database schema is at version {version}")

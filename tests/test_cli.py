@@ -29,13 +29,21 @@ from .conftest import APPID
 from .pgserver import PostgresServer
 
 COMMANDS = [
+    [],
+    ["dev"],
+    ["keys"],
+    ["keys", "init"],
     ["keys", "list"],
     ["keys", "rotate"],
     ["keys", "revoke"],
+    ["data-key"],
     ["data-key", "rotate"],
+    ["data-key", "drop-unused"],
     ["db", "upgrade"],
     ["prune"],
+    ["users"],
     ["users", "show"],
+    ["users", "revoke"],
 ]
 
 
@@ -76,8 +84,15 @@ def run(cli_env: dict[str, str]) -> Callable[..., Result]:
 
 
 def ok(result: Result) -> str:
+    """What a command that succeeded printed (stdout: its logs and audit lines go to stderr)."""
     assert result.exit_code == 0, (result.output, result.exception)
-    return result.output
+    return result.stdout
+
+
+def audit_lines(result: Result) -> list[dict[str, Any]]:
+    """The command's audit lines (JSON on stderr)."""
+    lines = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    return [line for line in lines if line.get("logger") == "issuer.audit"]
 
 
 def one_line_failure(result: Result) -> str:
@@ -128,28 +143,81 @@ def log_in(issuer_app: Flask, wechat: WeChatEmulator) -> Callable[[str], dict[st
 # -- help
 
 
-@pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
-def test_every_command_has_help(run: Callable[..., Result], command: list[str]) -> None:
-    output = ok(run(*command, "--help"))
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda command: " ".join(command) or "-")
+def test_every_command_has_help_with_nothing_configured(
+    command: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in list(os.environ):
+        if name.startswith(("ISSUER_", "FLASK_")):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, [*command, "--help"])
+    output = ok(result)
     assert "Usage:" in output
+    assert result.stderr == ""
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_flasks_development_commands_and_debug_flag_are_not_offered(
+    run: Callable[..., Result],
+) -> None:
+    listed = ok(run("--help"))
+    for name in ("run", "shell", "routes"):
+        assert not re.search(rf"^\s+{name}\b", listed, re.MULTILINE), listed
+        assert run(name).exit_code == 2
+    for flag in ("--debug", "--app"):
+        assert flag not in listed
+        assert run(flag, "dev").exit_code == 2
 
 
 # -- signing keys
 
 
-def test_keys_list_shows_one_active_key_on_a_fresh_directory(
+def test_keys_init_makes_one_active_key_and_list_shows_it(
     run: Callable[..., Result], keys_dir: Path
 ) -> None:
+    result = run("keys", "init")
+    ok(result)
     table = key_table(run)
     assert list(table.values()) == ["active"]
     assert (keys_dir / f"signing-{active_kid(table)}.pem").exists()
+    (line,) = audit_lines(result)
+    assert line["message"] == "keys init"
+    assert line["kid"] == active_kid(table)
+    data_key = (keys_dir / f"data-{line['data_kid']}.key").read_text().strip()
+    assert data_key not in result.output
+    line = one_line_failure(run("keys", "init"))
+    assert "already holds keys" in line
+
+
+def test_read_only_commands_create_nothing(
+    run: Callable[..., Result], keys_dir: Path, tmp_path: Path
+) -> None:
+    database = tmp_path / "elsewhere" / "issuer.db"
+    line = one_line_failure(run("keys", "list"))
+    assert "holds no keys" in line
+    assert not keys_dir.exists()
+    env = {"ISSUER_DATABASE_URL": f"sqlite:///{database}"}
+    line = one_line_failure(run("users", "show", "usr_x", env=env))
+    assert "ISSUER_DATABASE_URL" in line
+    assert not database.parent.exists()
+    # Nor on an existing directory: not even a lock file.
+    keys_dir.mkdir()
+    one_line_failure(run("keys", "list"))
+    assert list(keys_dir.iterdir()) == []
 
 
 def test_keys_rotate_publishes_a_next_key_and_now_promotes_it(run: Callable[..., Result]) -> None:
+    ok(run("keys", "init"))
     first = active_kid(key_table(run))
 
-    output = ok(run("keys", "rotate"))
+    result = run("keys", "rotate")
+    output = ok(result)
     (new,) = re.findall(r"new key (\S+)", output)
+    (line,) = audit_lines(result)
+    assert (line["message"], line["kid"], line["now"]) == ("keys rotate", new, False)
+    assert line["who"]
+    assert line["time"]
     table = key_table(run)
     assert table == {first: "active", new: "next"}
 
@@ -163,6 +231,7 @@ def test_keys_rotate_publishes_a_next_key_and_now_promotes_it(run: Callable[...,
 def test_keys_revoke_the_active_key_keeps_signing_with_another(
     run: Callable[..., Result], keys_dir: Path
 ) -> None:
+    ok(run("keys", "init"))
     first = active_kid(key_table(run))
     output = ok(run("keys", "revoke", first))
     assert first in output
@@ -173,7 +242,7 @@ def test_keys_revoke_the_active_key_keeps_signing_with_another(
 
 
 def test_keys_revoke_an_unknown_kid_fails_in_one_line(run: Callable[..., Result]) -> None:
-    key_table(run)
+    ok(run("keys", "init"))
     line = one_line_failure(run("keys", "revoke", "no-such-kid"))
     assert "no-such-kid" in line
 
@@ -181,7 +250,7 @@ def test_keys_revoke_an_unknown_kid_fails_in_one_line(run: Callable[..., Result]
 def test_a_corrupt_key_directory_fails_every_command_in_one_line(
     run: Callable[..., Result], keys_dir: Path
 ) -> None:
-    key_table(run)
+    ok(run("keys", "init"))
     (keys_dir / "keyring.json").write_text("{not json")
     for command in (["keys", "list"], ["keys", "rotate"], ["prune"]):
         line = one_line_failure(run(*command))
@@ -224,7 +293,7 @@ def test_data_key_rotate_reseals_existing_rows_and_drops_the_old_key(
 def test_data_key_rotate_refuses_when_the_key_comes_from_the_environment(
     run: Callable[..., Result], keys_dir: Path
 ) -> None:
-    key_table(run)
+    ok(run("keys", "init"))
     files = sorted(path.name for path in keys_dir.iterdir())
     data_key = base64.b64encode(os.urandom(32)).decode()
     line = one_line_failure(run("data-key", "rotate", env={"ISSUER_DATA_KEY": data_key}))
@@ -307,6 +376,7 @@ def test_users_show_prints_identities_and_live_sessions_without_secrets(
 
 @pytest.mark.stores
 def test_users_show_an_unknown_user_fails_in_one_line(run: Callable[..., Result]) -> None:
+    ok(run("db", "upgrade"))  # `users show` reads only: it makes no database
     line = one_line_failure(run("users", "show", "no-such-user"))
     assert "no-such-user" in line
 
@@ -316,6 +386,8 @@ def test_users_show_an_unknown_user_fails_in_one_line(run: Callable[..., Result]
 )
 def test_an_id_that_starts_with_a_dash_is_an_id_not_an_option(run, command, what):
     # kids are base64url: about one in 64 begins with "-".
+    ok(run("keys", "init"))
+    ok(run("db", "upgrade"))
     line = one_line_failure(run(*command, "-Abc_123"))
     assert "-Abc_123" in line
     assert what in line

@@ -23,6 +23,7 @@ from flask.testing import FlaskClient
 import issuer.keys.directory as keys_module
 from issuer import key_policy
 from issuer.keys import KeyDirectory, KeyManager, KeyPolicy, KeyRing
+from issuer.keys.manager import KeyRingUnavailable
 from issuer.keys.reseal import reseal_all
 from issuer.keys.ring import MANIFEST, PUBLISH_MARGIN, key_states
 from issuer.sealing import LiveSealer, UnsealError, associated_data, phone_aad
@@ -109,15 +110,15 @@ def test_rotated_key_is_published_at_once_and_signs_after_the_lead(
     gone = keys.load(POLICY, now=t1 + LEAD + LIFETIME)
     assert kids(gone) == {new}
     assert gone.verification_key(first) is None
+    # The load that saw it expire forgot it and deleted its file: an expired key can never
+    # be published again, whatever is revoked later.
     states = {
         status.kid: status.state for status in keys.statuses(POLICY, now=t1 + LEAD + LIFETIME)
     }
-    assert states == {first: "expired", new: "active"}
-
-    # Loading writes nothing; the next write forgets it and deletes its file.
-    assert pem(directory, first).exists()
-    third = keys.rotate(POLICY, now=t1 + LEAD + LIFETIME + 1)
+    assert states == {new: "active"}
     assert not pem(directory, first).exists()
+    assert manifest_kids(directory) == [new]
+    third = keys.rotate(POLICY, now=t1 + LEAD + LIFETIME + 1)
     assert manifest_kids(directory) == [new, third]
 
 
@@ -403,7 +404,7 @@ def test_manager_switches_keys_by_the_clock_without_a_file_change(directory: Pat
     first = keys().active.kid
     new = KeyDirectory(directory).rotate(POLICY, now=T0)
     assert state(keys(), new) == "next"
-    written = {path.name: path.read_bytes() for path in directory.iterdir()}
+    written = {path.name: path.read_bytes() for path in directory.iterdir() if path.is_file()}
 
     clock.advance(LEAD - 1)
     assert keys().active.kid == first
@@ -412,9 +413,16 @@ def test_manager_switches_keys_by_the_clock_without_a_file_change(directory: Pat
     assert ring.active.kid == new
     assert state(ring, first) == "retired"
 
+    # Switching by the clock writes no key file...
+    assert {path.name: path.read_bytes() for path in directory.iterdir() if path.is_file()} == (
+        written
+    )
+
+    # ...but a key whose tokens have all expired leaves the manifest and the disk at once.
     clock.advance(LIFETIME)
     assert kids(keys()) == {new}
-    assert {path.name: path.read_bytes() for path in directory.iterdir()} == written
+    assert manifest_kids(directory) == [new]
+    assert not pem(directory, first).exists()
 
 
 def test_manager_makes_the_automatic_rotation_when_it_is_due(directory: Path) -> None:
@@ -431,7 +439,7 @@ def test_manager_makes_the_automatic_rotation_when_it_is_due(directory: Path) ->
     assert keys().active.kid == upcoming.kid
 
 
-def test_manager_keeps_its_ring_when_the_manifest_turns_corrupt(
+def test_manager_fails_closed_when_the_manifest_turns_corrupt(
     directory: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     clock = FakeClock(T0)
@@ -439,18 +447,26 @@ def test_manager_keeps_its_ring_when_the_manifest_turns_corrupt(
     ring = keys()
     good = (directory / MANIFEST).read_bytes()
 
+    # The ring it holds may carry a key that was just revoked: it serves none at all.
     (directory / MANIFEST).write_bytes(b"{half a manif")
     with caplog.at_level(logging.ERROR, logger="issuer.keys"):
-        assert keys() is ring
+        with pytest.raises(KeyRingUnavailable):
+            keys()
+        with pytest.raises(KeyRingUnavailable):
+            keys.verification_key(ring.active.kid)
         clock.advance(LEAD)
-        assert keys() is ring
+        with pytest.raises(KeyRingUnavailable):
+            keys()
+    assert keys.failure is not None
+    assert "corrupt" in keys.failure
     errors = [record for record in caplog.records if record.levelno >= logging.ERROR]
-    assert errors, "a broken key directory must be logged"
+    assert len(errors) == 1, "a broken key directory is logged once, not on every call"
     assert all(record.name == "issuer.keys" for record in errors)
 
     # Repaired: the manager picks the directory up again.
     (directory / MANIFEST).write_bytes(good)
     assert keys().active.kid == ring.active.kid
+    assert keys.failure is None
     new = KeyDirectory(directory).rotate(POLICY, now=clock())
     assert new in kids(keys())
 
@@ -561,6 +577,42 @@ def test_revoking_the_signing_key_rejects_its_tokens_at_once(
     fresh = refreshed.get_json()["access_token"]
     assert jwt.get_unverified_header(fresh)["kid"] in published
     assert me(client, fresh).status_code == 200
+
+
+def test_a_worker_that_cannot_read_the_key_ring_serves_no_key_until_it_can(
+    app: Flask,
+    client: FlaskClient,
+    login: Callable[..., dict[str, Any]],
+    wechat: WeChatEmulator,
+    keys_dir: Path,
+) -> None:
+    body = login("alice")
+    token = body["access_token"]
+    assert client.get("/readyz").status_code == 200
+    manifest = keys_dir / MANIFEST
+    good = manifest.read_bytes()
+
+    # A revocation this process cannot read (here: a manifest it cannot parse) must not
+    # leave it signing and verifying with the key it held.
+    manifest.write_bytes(b"{not json")
+    for answer in (
+        me(client, token),
+        client.post("/auth/refresh", json={"refresh_token": body["refresh_token"]}),
+        client.post("/auth/login", json={"code": wechat.mint_code(APPID, "bob")}),
+        client.get("/.well-known/jwks.json"),
+    ):
+        assert answer.status_code == 503
+        assert answer.get_json()["error"] == "temporarily_unavailable"
+        assert answer.headers["Retry-After"]
+        assert str(keys_dir) not in answer.get_data(as_text=True)
+    ready = client.get("/readyz")
+    assert ready.status_code == 503
+    assert ready.get_json()["checks"]["signing_key"] == "unavailable"
+    assert "key directory cannot be read" in ready.get_json()["error_description"]
+
+    manifest.write_bytes(good)
+    assert client.get("/readyz").status_code == 200
+    assert me(client, token).status_code == 200
 
 
 # -- data keys

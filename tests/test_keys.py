@@ -108,6 +108,7 @@ def test_manifest_records_times_not_states(tmp_path: Path) -> None:
     manifest = json.loads((directory / MANIFEST).read_bytes())
     assert manifest == {
         "version": 1,
+        "generation": 1,
         "signing": [{"kid": ring.active.kid, "alg": "ES256", "created_at": T0, "activates_at": T0}],
         "data": {"active": ring.active_data_kid, "keys": [ring.active_data_kid]},
     }

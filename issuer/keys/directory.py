@@ -7,6 +7,11 @@ or hosts that start together on an empty directory make exactly one key between 
 that exists but cannot be read or parsed stops start-up: a replacement is never generated over
 it, since that would silently invalidate every token and every stored ``session_key``.
 
+Every manifest write bumps its ``generation``. Each serving process, when it checks the
+directory, records the generation it now serves in ``workers/<host>-<pid>.json`` (or why it
+cannot read the directory), so an operator command can wait until every worker has picked a
+change up, or say which did not.
+
 What each key's state is at a given moment is :mod:`issuer.keys.ring`'s to say.
 """
 
@@ -16,9 +21,13 @@ import base64
 import contextlib
 import fcntl
 import json
+import logging
 import os
+import pwd
+import socket
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +45,14 @@ from .ring import (
     SigningKey,
     b64url,
     data_key_id,
+    expired,
     generate_private_key,
     is_next,
     key_matches,
     key_states,
     next_key_due,
     public_jwk,
+    revoke_entries,
     rotation_due,
     signer_missing,
     thumbprint,
@@ -49,6 +60,26 @@ from .ring import (
 
 LOCK = ".lock"
 MANIFEST_VERSION = 1
+WORKERS = "workers"
+
+log = logging.getLogger("issuer.keys")
+
+
+class NoKeys(KeyFileError):
+    """The directory holds no keys, and making them was not asked for."""
+
+
+@dataclass(frozen=True)
+class WorkerReport:
+    """What one serving process last said about the key directory."""
+
+    host: str
+    pid: int
+    generation: int
+    failure: str | None
+    at: float
+    # Same host and the process is gone: its report means nothing any more.
+    dead: bool
 
 
 def signing_key_file(kid: str) -> str:
@@ -72,20 +103,31 @@ class KeyDirectory:
     # -- reading
 
     def load(
-        self, policy: KeyPolicy, *, data_key: bytes | None = None, now: float | None = None
+        self,
+        policy: KeyPolicy,
+        *,
+        data_key: bytes | None = None,
+        now: float | None = None,
+        create: bool = True,
     ) -> KeyRing:
         """The key ring at ``now``, after making whatever is due: a first signing key and data
         key, a key of a newly configured algorithm (active at once), or the next key of an
-        automatic rotation (``rotation_days``).
+        automatic rotation (``rotation_days``), and dropping keys whose tokens have expired.
 
         :param data_key: ``ISSUER_DATA_KEY``; when given it is the active data key.
+        :param create: make the first keys when the directory has none; when False an empty
+            directory raises :class:`NoKeys` instead.
         :raises KeyFileError: the directory or a key file cannot be read or is corrupt.
         """
         now = time.time() if now is None else now
+        if not create and self._read_manifest() is None:
+            raise NoKeys(f"ISSUER_KEYS_DIR: {self.path} holds no keys")
         self._ensure_directory()
         # Shared lock: a writer puts key files in place before the manifest that names them.
         with self._locked(exclusive=False):
             manifest = self._read_manifest()
+        if manifest is None and not create:
+            raise NoKeys(f"ISSUER_KEYS_DIR: {self.path} holds no keys")
         if self._due(manifest, policy, data_key, now):
             with self._locked(exclusive=True):
                 manifest = self._read_manifest()  # another process may have written it
@@ -95,19 +137,94 @@ class KeyDirectory:
         return self._ring(manifest, policy, data_key, now)
 
     def statuses(self, policy: KeyPolicy, now: float | None = None) -> list[KeyStatus]:
-        """Every signing key in the manifest with its state, for operators."""
+        """Every signing key in the manifest with its state, for operators.
+
+        Reads only (no lock file, no directory is made): the manifest is replaced atomically,
+        so reading it alone is always consistent.
+
+        :raises NoKeys: the directory holds no keys.
+        """
         now = time.time() if now is None else now
-        with self._locked(exclusive=False):
-            manifest = self._read_manifest()
-        return key_states(manifest["signing"] if manifest else [], now, policy.retired_lifetime)
+        manifest = self._read_manifest()
+        if manifest is None:
+            raise NoKeys(f"ISSUER_KEYS_DIR: {self.path} holds no keys")
+        return key_states(manifest["signing"], now, policy.retired_lifetime)
 
     def data_key_ids(self) -> tuple[str | None, list[str]]:
         """(active data key id, every data key id in the manifest)."""
-        with self._locked(exclusive=False):
-            manifest = self._read_manifest()
+        manifest = self._read_manifest()
         if manifest is None:
             return None, []
         return manifest["data"].get("active"), list(manifest["data"]["keys"])
+
+    def generation(self) -> int:
+        """The manifest's generation: bumped by every write (0 when there is none)."""
+        manifest = self._read_manifest()
+        return int(manifest.get("generation", 0)) if manifest else 0
+
+    def owner(self) -> int | None:
+        """The uid owning the directory, or None when it does not exist."""
+        try:
+            return os.stat(self.path).st_uid
+        except FileNotFoundError:
+            return None
+
+    def check_owner(self) -> None:
+        """Refuse to change keys as a user other than the directory's owner.
+
+        Files are written with mode 0600 by whoever writes them: a manifest written by root
+        (``sudo issuer keys revoke``) could not be read by the workers, which would then stop
+        serving keys. Asking the operator to run the command as the owner keeps one owner for
+        every file, instead of quietly re-owning files as root.
+
+        :raises KeyFileError: the caller is not the owner.
+        """
+        uid = self.owner()
+        if uid is None or uid == os.geteuid():
+            return
+        name = _user_name(uid)
+        raise KeyFileError(
+            f"ISSUER_KEYS_DIR: {self.path} belongs to {name}; run this command as {name} "
+            f"(e.g. sudo -u {name} issuer ...) so the workers can read what it writes"
+        )
+
+    # -- what the serving processes report
+
+    def report(self, generation: int, failure: str | None = None) -> None:
+        """Record that this process serves ``generation`` (or cannot, and why). Best effort:
+        a report that cannot be written never fails a request."""
+        host, pid = socket.gethostname(), os.getpid()
+        body = {"host": host, "pid": pid, "generation": generation, "failure": failure}
+        body["at"] = time.time()
+        try:
+            folder = self.path / WORKERS
+            folder.mkdir(mode=0o700, exist_ok=True)
+            write_secret(folder / f"{host}-{pid}.json", json.dumps(body).encode(), sync=False)
+        except OSError as error:
+            log.warning("cannot record the key generation this process serves: %s", error)
+
+    def reports(self) -> list[WorkerReport]:
+        """What every serving process last reported; a report of a process of this host that
+        has exited is marked ``dead`` (and removed)."""
+        here = socket.gethostname()
+        found: list[WorkerReport] = []
+        for file in sorted((self.path / WORKERS).glob("*.json")):
+            try:
+                body = json.loads(file.read_text())
+                report = WorkerReport(
+                    str(body["host"]),
+                    int(body["pid"]),
+                    int(body["generation"]),
+                    body.get("failure"),
+                    float(body["at"]),
+                    dead=body["host"] == here and not _alive(int(body["pid"])),
+                )
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            if report.dead:
+                file.unlink(missing_ok=True)
+            found.append(report)
+        return found
 
     def fingerprint(self) -> tuple[int, int, int] | None:
         """Changes whenever the manifest is rewritten; None when it is missing."""
@@ -150,22 +267,13 @@ class KeyDirectory:
         now = time.time() if now is None else now
         with self._locked(exclusive=True):
             manifest = self._required_manifest()
-            signing = [dict(entry) for entry in manifest["signing"]]
-            states = {
-                status.kid: status.state
-                for status in key_states(signing, now, policy.retired_lifetime)
-            }
-            if states.get(kid) not in ("next", "active", "retired", "expired"):
-                raise KeyError(kid)
-            if states[kid] == "active":
-                upcoming = [entry for entry in signing if states.get(entry["kid"]) == "next"]
-                if upcoming:
-                    min(upcoming, key=lambda entry: entry["activates_at"])["activates_at"] = now
-                else:
-                    signing.append(self._new_signing_key(policy.alg, now, now))
-            for entry in signing:
-                if entry["kid"] == kid:
-                    entry["revoked_at"] = now
+            signing = revoke_entries(
+                manifest["signing"],
+                kid,
+                now,
+                policy.retired_lifetime,
+                lambda: self._new_signing_key(policy.alg, now, now),
+            )
             self._write({**manifest, "signing": signing}, policy, now)
             (self.path / signing_key_file(kid)).unlink(missing_ok=True)
 
@@ -238,7 +346,13 @@ class KeyDirectory:
         if data_key is None and not manifest["data"].get("active"):
             return True
         statuses = key_states(manifest["signing"], now, policy.retired_lifetime)
-        return signer_missing(statuses, policy) or rotation_due(statuses, policy, now)
+        return (
+            signer_missing(statuses, policy)
+            or rotation_due(statuses, policy, now)
+            # Keys whose tokens have all expired leave the manifest and the disk as soon as
+            # any process sees it, not at the next operator change.
+            or any(status.state == "expired" for status in statuses)
+        )
 
     def _complete(
         self,
@@ -267,20 +381,17 @@ class KeyDirectory:
 
     def _write(self, manifest: dict[str, Any], policy: KeyPolicy, now: float) -> dict[str, Any]:
         """Write the manifest, dropping retired keys whose tokens have all expired."""
-        expired = {
-            status.kid
-            for status in key_states(manifest["signing"], now, policy.retired_lifetime)
-            if status.state == "expired"
-        }
-        signing = [entry for entry in manifest["signing"] if entry["kid"] not in expired]
-        manifest = {**manifest, "signing": signing}
-        self._write_manifest(manifest)
-        for kid in expired:
+        gone = expired(manifest["signing"], now, policy.retired_lifetime)
+        signing = [entry for entry in manifest["signing"] if entry["kid"] not in gone]
+        manifest = self._write_manifest({**manifest, "signing": signing})
+        for kid in gone:
             (self.path / signing_key_file(kid)).unlink(missing_ok=True)
         return manifest
 
-    def _write_manifest(self, manifest: dict[str, Any]) -> None:
+    def _write_manifest(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        manifest = {**manifest, "generation": int(manifest.get("generation", 0)) + 1}
         write_secret(self.path / MANIFEST, json.dumps(manifest, indent=2).encode() + b"\n")
+        return manifest
 
     def _remove_key_files(self, entries: list[dict[str, Any]], keep: list[dict[str, Any]]) -> None:
         kept = {entry["kid"] for entry in keep}
@@ -353,7 +464,13 @@ class KeyDirectory:
         if data_key is not None:
             active_data_kid = data_key_id(data_key)
             data_keys[active_data_kid] = data_key
-        return KeyRing(tuple(keys), data_keys, active_data_kid, valid_until=min(changes))
+        return KeyRing(
+            tuple(keys),
+            data_keys,
+            active_data_kid,
+            valid_until=min(changes),
+            generation=int(manifest.get("generation", 0)),
+        )
 
     @contextlib.contextmanager
     def _locked(self, *, exclusive: bool) -> Iterator[None]:
@@ -376,12 +493,14 @@ class KeyDirectory:
             serialization.NoEncryption(),
         )
         write_secret(self.path / signing_key_file(kid), pem)
+        log.info("generated signing key %s (%s) in %s", kid, alg, self.path)
         return {"kid": kid, "alg": alg, "created_at": now, "activates_at": activates_at}
 
     def _new_data_key(self) -> str:
         key = os.urandom(32)
         kid = data_key_id(key)
         write_secret(self.path / data_key_file(kid), b64url(key).encode() + b"\n")
+        log.info("generated data key %s in %s", kid, self.path)
         return kid
 
 
@@ -400,6 +519,9 @@ def _check_manifest(manifest: Any) -> None:
             isinstance(revoked_at, bool) or not isinstance(revoked_at, int | float)
         ):
             raise ValueError("revoked_at must be a number")
+    generation = manifest.get("generation", 0)
+    if isinstance(generation, bool) or not isinstance(generation, int):
+        raise ValueError("generation must be an integer")
     data = manifest["data"]
     if not isinstance(data["keys"], list) or not all(isinstance(k, str) for k in data["keys"]):
         raise ValueError("data keys must be a list of ids")
@@ -407,17 +529,37 @@ def _check_manifest(manifest: Any) -> None:
         raise ValueError("the active data key is not listed")
 
 
-def write_secret(path: Path, data: bytes) -> None:
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, under another user
+    return True
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
+def write_secret(path: Path, data: bytes, *, sync: bool = True) -> None:
     """Write ``data`` to ``path`` atomically (temporary file, fsync, rename), mode 0600."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         os.fchmod(fd, 0o600)
         os.write(fd, data)
-        os.fsync(fd)
+        if sync:
+            os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(temporary, path)
+    if not sync:
+        return
     directory = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(directory)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -143,6 +143,8 @@ class KeyRing:
     data_keys: Mapping[str, bytes] = field(repr=False)
     active_data_kid: str
     valid_until: float = float("inf")
+    # The manifest's generation this ring was built from: workers report it to the CLI.
+    generation: int = 0
     jwks_json: bytes = field(init=False, repr=False)
     jwks_etag: str = field(init=False)
 
@@ -188,26 +190,50 @@ class KeyStatus:
     revoked_at: float | None
 
 
+def _signed_from(entry: Mapping[str, Any]) -> float:
+    """When a key began signing (or will): never before it was made."""
+    return max(float(entry["activates_at"]), float(entry["created_at"]))
+
+
+def _started(entry: Mapping[str, Any], now: float) -> bool:
+    """The key signed at some point before ``now``. A revoked key only if it signed before
+    its revocation: a next key revoked before its time never signed."""
+    revoked_at = entry.get("revoked_at")
+    start = _signed_from(entry)
+    return start <= now and (revoked_at is None or start < revoked_at)
+
+
+def _order(entry: Mapping[str, Any]) -> tuple[float, float]:
+    return (entry["activates_at"], entry["created_at"])
+
+
 def key_states(
     entries: list[dict[str, Any]], now: float, retired_lifetime: float
 ) -> list[KeyStatus]:
-    """The state of every signing key at ``now``, from the manifest entries alone."""
-    live = sorted(
-        (entry for entry in entries if entry.get("revoked_at") is None),
-        key=lambda entry: (entry["activates_at"], entry["created_at"]),
-    )
+    """The state of every signing key at ``now``, from the manifest entries alone.
+
+    A key stops signing when the next key that *did* sign started -- revoked keys included.
+    So revoking the active key cannot move an older key's retirement forward and bring a key
+    that had already left the JWKS back: retirement times only ever depend on keys that
+    signed, and a revocation never changes when a key signed.
+    """
+    live = sorted((entry for entry in entries if entry.get("revoked_at") is None), key=_order)
     started = [entry for entry in live if entry["activates_at"] <= now]
     # A host whose clock lags the writer's may see no key started yet: the first one signs.
     active = started[-1] if started else (live[0] if live else None)
+    signed = sorted((entry for entry in entries if _started(entry, now)), key=_order)
     statuses: list[KeyStatus] = []
-    for position, entry in enumerate(live):
+    for entry in live:
         retired_at = unpublish_at = None
         if entry is active:
             state = "active"
-        elif active is not None and entry["activates_at"] > active["activates_at"]:
+        elif active is not None and _order(entry) > _order(active):
             state = "next"
         else:
-            retired_at = live[position + 1]["activates_at"]
+            retired_at = min(
+                (_signed_from(later) for later in signed if _order(later) > _order(entry)),
+                default=now,
+            )
             unpublish_at = retired_at + retired_lifetime
             state = "retired" if now < unpublish_at else "expired"
         statuses.append(
@@ -237,6 +263,56 @@ def key_states(
                 )
             )
     return statuses
+
+
+def published(entries: list[dict[str, Any]], now: float, retired_lifetime: float) -> set[str]:
+    """The kids the JWKS carries at ``now``: next, active and retired keys."""
+    return {
+        status.kid
+        for status in key_states(entries, now, retired_lifetime)
+        if status.state in ("next", "active", "retired")
+    }
+
+
+def expired(entries: list[dict[str, Any]], now: float, retired_lifetime: float) -> set[str]:
+    """The kids of retired keys whose tokens have all expired: they leave the manifest."""
+    return {
+        status.kid
+        for status in key_states(entries, now, retired_lifetime)
+        if status.state == "expired"
+    }
+
+
+def revoke_entries(
+    entries: list[dict[str, Any]],
+    kid: str,
+    now: float,
+    retired_lifetime: float,
+    fresh: Callable[[], dict[str, Any]],
+) -> list[dict[str, Any]]:
+    """The manifest entries after revoking ``kid`` at ``now`` (expired keys dropped).
+
+    Revoking the active key first promotes the earliest next key (or ``fresh()``, a new key
+    signing from ``now``), so signing never stops. No key outside the JWKS before comes back:
+    only the promoted or fresh key can be published afterwards that was not before.
+
+    :raises KeyError: ``kid`` is not a published key.
+    """
+    states = {status.kid: status.state for status in key_states(entries, now, retired_lifetime)}
+    if states.get(kid) not in ("next", "active", "retired"):
+        raise KeyError(kid)
+    gone = expired(entries, now, retired_lifetime)
+    changed = [dict(entry) for entry in entries if entry["kid"] not in gone]
+    if states[kid] == "active":
+        upcoming = [entry for entry in changed if states.get(entry["kid"]) == "next"]
+        if upcoming:
+            min(upcoming, key=_order)["activates_at"] = now
+        else:
+            changed.append(fresh())
+    for entry in changed:
+        if entry["kid"] == kid:
+            entry["revoked_at"] = now
+    return changed
 
 
 def is_next(entry: Mapping[str, Any], now: float) -> bool:

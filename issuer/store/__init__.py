@@ -151,6 +151,13 @@ class Store(Protocol):
         """End a session; every refresh token of it stops working. Idempotent."""
         ...
 
+    def revoke_user_sessions(self, user_id: str, now: float) -> int:
+        """End every live session of a user (sign out everywhere).
+
+        :returns: how many sessions it ended (0 for an unknown user).
+        """
+        ...
+
     def get_user(self, user_id: str) -> User | None: ...
 
     def get_identity(self, appid: str, openid: str) -> Identity | None: ...
@@ -215,6 +222,18 @@ class Store(Protocol):
 
     def sealed_kid_counts(self) -> dict[str, int]:
         """How many stored secrets each data key sealed."""
+        ...
+
+    def data_key_checks(self) -> dict[str, bytes]:
+        """Every data key's check value (a known plaintext sealed with it), by key id."""
+        ...
+
+    def add_data_key_check(self, kid: str, check_value: bytes, now: float) -> None:
+        """Remember a data key's check value; a key that already has one keeps it."""
+        ...
+
+    def drop_data_key_check(self, kid: str) -> None:
+        """Forget the check value of a data key that no longer seals anything."""
         ...
 
     def close(self) -> None:

@@ -110,6 +110,15 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             lease_until {real}
         )""",
     ),
+    (
+        # For each data key, a known plaintext sealed with it (never the key): at start-up a
+        # key directory that cannot open it, or lacks the key, does not match this database.
+        """CREATE TABLE data_key_checks (
+            kid TEXT PRIMARY KEY,
+            check_value {blob} NOT NULL,
+            created_at {real} NOT NULL
+        )""",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -359,6 +368,17 @@ class SQLStore(ABC):
             )
         )
 
+    def revoke_user_sessions(self, user_id: str, now: float) -> int:
+        return self._write(
+            lambda db: (
+                db.execute(
+                    """UPDATE sessions SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL
+                AND expires_at > ?""",
+                    (now, user_id, now),
+                ).rowcount
+            )
+        )
+
     def revoke_session(self, sid: str, now: float) -> None:
         self._write(
             lambda db: db.execute(
@@ -532,6 +552,26 @@ class SQLStore(ABC):
             return counts
 
         return self._run(work, write=False)
+
+    # -- data key check values
+
+    def data_key_checks(self) -> dict[str, bytes]:
+        return {
+            kid: bytes(value)
+            for kid, value in self._all("SELECT kid, check_value FROM data_key_checks")
+        }
+
+    def add_data_key_check(self, kid: str, check_value: bytes, now: float) -> None:
+        self._write(
+            lambda db: db.execute(
+                """INSERT INTO data_key_checks (kid, check_value, created_at) VALUES (?, ?, ?)
+                ON CONFLICT (kid) DO NOTHING""",
+                (kid, check_value, now),
+            )
+        )
+
+    def drop_data_key_check(self, kid: str) -> None:
+        self._write(lambda db: db.execute("DELETE FROM data_key_checks WHERE kid = ?", (kid,)))
 
 
 def _identity(row: Sequence[Any]) -> Identity:

@@ -16,6 +16,8 @@ from typing import Any
 from flask import Blueprint, Response, current_app, g, request
 
 from ..errors import InvalidRequest, UnsupportedGrantType
+from ..keys.manager import KeyRingUnavailable
+from ..keys.matching import mismatch
 from ..service import AuthService, Caller
 from ..store import StoreUnavailable
 from ..userdata import UserData
@@ -267,23 +269,35 @@ def healthz() -> Response:
 
 @health.get("/readyz")
 def readyz() -> Response:
+    """200 when the database answers and the key ring is readable, with keys that open the
+    data the database holds; else 503 naming what is wrong (details go to the log)."""
     svc = service()
-    checks = {"database": "ok", "signing_key": "ok"}
+    checks = {"database": "ok", "signing_key": "ok", "keys_match_data": "ok"}
+    reasons: list[str] = []
+    data_key_checks = None
     try:
         svc.store.ping()
+        data_key_checks = svc.store.data_key_checks()
     except StoreUnavailable:
         checks["database"] = "unavailable"
+        reasons.append("the database is unavailable")
     try:
-        svc.keys().active  # noqa: B018 -- loading the active key is the check
+        ring = svc.keys()
+        ring.active  # noqa: B018 -- loading the active key is the check
+        if data_key_checks is not None and mismatch(ring.data_keys, data_key_checks, set()):
+            checks["keys_match_data"] = "no"
+            reasons.append("the data keys do not match the data in the database")
+    except KeyRingUnavailable:
+        checks["signing_key"] = "unavailable"
+        reasons.append("the key directory cannot be read, so no key is served")
     except Exception:  # a broken key ring must read as "not ready", never as a 500
         checks["signing_key"] = "unavailable"
-    if all(value == "ok" for value in checks.values()):
+        reasons.append("no signing key is loaded")
+    if not reasons:
         return json_response({"status": "ready", "checks": checks})
     body = {
         "error": "temporarily_unavailable",
-        "error_description": "issuer is not ready: "
-        + ", ".join(name for name, value in checks.items() if value != "ok")
-        + " unavailable.",
+        "error_description": "issuer is not ready: " + "; ".join(reasons) + ".",
         "checks": checks,
     }
     return json_response(body, 503, no_store=True)
