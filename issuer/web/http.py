@@ -97,8 +97,9 @@ class Params:
         return value
 
 
-def request_body() -> bytes:
-    """The whole request body, at most :data:`MAX_BODY_BYTES`.
+def request_body(limit: int = MAX_BODY_BYTES) -> bytes:
+    """The whole request body, at most ``limit`` bytes (:data:`MAX_BODY_BYTES` unless a view
+    raised ``request.max_content_length`` to that limit first).
 
     A body that declares its length is held to the limit by Werkzeug before a byte is read
     (``MAX_CONTENT_LENGTH``). One sent chunked (RFC 9112 §7.1), without a length, is read by
@@ -110,7 +111,7 @@ def request_body() -> bytes:
     """
     data = request.get_data(cache=True)
     if (
-        len(data) >= MAX_BODY_BYTES
+        len(data) >= limit
         and request.content_length is None
         and request.environ.get("wsgi.input_terminated")
         and request.input_stream.read(1)
