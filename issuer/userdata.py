@@ -95,13 +95,15 @@ class UserData:
     def phone(self, caller: Caller, code: str) -> PhoneNumber:
         """The phone number behind a phone-button code, kept sealed for ``/me``.
 
-        :raises InvalidGrant: WeChat 40029, the code is invalid or used.
+        :raises InvalidGrant: WeChat 40029, the code is invalid or used; 40003, it belongs
+            to another user (the caller's openid goes with it, so WeChat checks).
+        :raises QuotaExhausted: WeChat 1400001, the app's phone-number quota is used up.
         """
         if not code or len(code) > 128 or not code.isascii() or not code.isprintable():
             raise InvalidRequest("code is not a phone-button code.")
         app = self._app(caller)
         number = self._with_server_token(
-            app, lambda token: self.wechat.phone_number(app, token, code)
+            app, lambda token: self.wechat.phone_number(app, token, code, caller.session.openid)
         )
         self._keep_phone(app.appid, caller.session.openid, number.phone_number, number.country_code)
         return number

@@ -67,9 +67,10 @@ def render_error(error: IssuerError) -> Response:
 def _retry_after_on_503(response: Response) -> Response:
     """``Retry-After: 1`` (RFC 9110 §10.2.3) on every 503: what is unavailable (WeChat, the
     database, a key ring) is worth asking again at once, not after some window. A 429 sets
-    its own (:class:`SlowDown`); no other answer carries one."""
+    its own (:class:`SlowDown`); no other answer carries one. A 503 that set its own keeps it
+    (:class:`issuer.errors.QuotaExhausted`: an hour, since a second cannot help)."""
     if response.status_code == 503:
-        response.headers["Retry-After"] = "1"
+        response.headers.setdefault("Retry-After", "1")
     return response
 
 
