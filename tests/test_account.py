@@ -85,8 +85,9 @@ def multipart_body(data: bytes, field: str = "file") -> tuple[bytes, str]:
 
 
 def multipart(client: FlaskClient, headers: dict[str, str], data: bytes, field: str = "file"):
+    """As wx.uploadFile sends it: a POST (it has no method option)."""
     body, content_type = multipart_body(data, field)
-    return client.put("/me/avatar", headers=headers, data=body, content_type=content_type)
+    return client.post("/me/avatar", headers=headers, data=body, content_type=content_type)
 
 
 # -- PATCH /me
@@ -625,3 +626,14 @@ def test_users_revoke_ends_every_session(
     client = issuer_app.test_client()
     for body in (first, second):
         assert client.get("/me", headers=bearer(body)).status_code == 401
+
+
+def test_an_avatar_may_be_put_as_well_as_posted(
+    client: FlaskClient, login: Callable[..., dict[str, Any]]
+) -> None:
+    """wx.uploadFile always POSTs; PUT is the method of the resource, for other clients."""
+    body = login("alice")
+    data, content_type = multipart_body(png())
+    response = client.put("/me/avatar", headers=bearer(body), data=data, content_type=content_type)
+    assert response.status_code == 200, response.get_json()
+    assert response.get_json()["avatar_url"].startswith("http://issuer.test/avatars/")

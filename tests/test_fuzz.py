@@ -176,6 +176,7 @@ BEARER: dict[str, Real] = {
     "GET /me": Real.ACCESS_TOKEN,
     "PATCH /me": Real.ACCESS_TOKEN,
     "PUT /me/avatar": Real.ACCESS_TOKEN,
+    "POST /me/avatar": Real.ACCESS_TOKEN,
     # Deleting the account ends every session of the user: a fresh user each time.
     "DELETE /me": Real.SESSION_ACCESS_TOKEN,
     "GET /wechat/session": Real.ACCESS_TOKEN,
@@ -237,7 +238,7 @@ AVATARS = avatar_images()
 def flatmap_body(context: schemathesis.HookContext, body: Any) -> st.SearchStrategy[Any]:
     """The generated body, or (an object) the body with one variant's real fields; for the
     avatar upload, also a real image (raw, or as the multipart ``file``)."""
-    if label_of(context) == "PUT /me/avatar":
+    if label_of(context) in ("PUT /me/avatar", "POST /me/avatar"):
         real = [{**body, "file": image} for image in AVATARS] if isinstance(body, dict) else AVATARS
         return st.one_of(st.just(body), st.sampled_from(real))
     variants = BODY_VARIANTS.get(label_of(context), [])

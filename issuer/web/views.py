@@ -184,9 +184,12 @@ AVATAR_TOO_LARGE = "The image is larger than 2 MiB."
 
 
 @api.put("/me/avatar")
+@api.post("/me/avatar")
 def upload_avatar() -> Response:
     """The image as ``wx.uploadFile`` sends it (multipart/form-data, field ``file``) or as a
     raw ``image/*`` body; re-encoded, stored, and made the user's avatar. Answers ``/me``.
+
+    POST as well as PUT: ``wx.uploadFile`` has no method option, it always POSTs.
 
     Only this view reads more than 16 KiB, and only once the Bearer has verified.
     """
