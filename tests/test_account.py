@@ -637,3 +637,28 @@ def test_an_avatar_may_be_put_as_well_as_posted(
     response = client.put("/me/avatar", headers=bearer(body), data=data, content_type=content_type)
     assert response.status_code == 200, response.get_json()
     assert response.get_json()["avatar_url"].startswith("http://issuer.test/avatars/")
+
+
+def test_delete_zeroes_the_users_bytes_even_where_sqlite_would_not_by_default(
+    app: Flask, login: Callable[..., dict[str, Any]], wechat: WeChatEmulator, database_url: str
+) -> None:
+    """Upstream SQLite leaves deleted bytes in free space (``secure_delete`` is off unless the
+    build turns it on, as Debian's does): deletion must not depend on the build."""
+    client = app.test_client()
+    store = app.extensions["issuer"].store
+    for user in ("before-1", "before-2"):
+        login(user)
+    body = login("gina")
+    nickname = "Gina-Unique-Nickname-9191"
+    client.patch("/me", headers=bearer(body), json={"nickname": nickname})
+    for user in ("after-1", "after-2"):
+        login(user)
+    connection = store._connection()  # this thread's, as the store's calls here use it
+    connection.execute("PRAGMA secure_delete=OFF")  # what an upstream build does
+    assert store.delete_user(body["user_id"])
+    assert connection.execute("PRAGMA secure_delete").fetchone()[0] == 0  # left as it was
+    path = Path(database_url.removeprefix("sqlite:///"))
+    wal = Path(f"{path}-wal")
+    files = path.read_bytes() + (wal.read_bytes() if wal.exists() else b"")
+    for secret in [*user_bytes(wechat, APPID, "gina"), nickname.encode()]:
+        assert secret not in files, secret

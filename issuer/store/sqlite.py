@@ -117,14 +117,16 @@ class SQLiteStore(SQLStore):
         checkpoint finishes the job, and the command says so in the log.
         """
         with self._guard():
-            self._connection().execute("PRAGMA secure_delete=ON")
+            connection = self._connection()
+            # Debian's and Python's SQLite builds default to ON, upstream's to OFF: restore
+            # whatever this build does for every other delete.
+            previous = int(connection.execute("PRAGMA secure_delete").fetchone()[0])
+            connection.execute("PRAGMA secure_delete=ON")
         try:
             deleted = super().delete_user(user_id)
         finally:
-            connection = getattr(self._local, "connection", None)
-            if connection is not None:
-                with contextlib.suppress(sqlite3.Error):
-                    connection.execute("PRAGMA secure_delete=OFF")
+            with contextlib.suppress(sqlite3.Error):
+                connection.execute(f"PRAGMA secure_delete={previous}")
         if deleted:
             with self._guard():
                 busy = self._connection().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
