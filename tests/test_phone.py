@@ -116,3 +116,32 @@ def test_metrics_count_phone_calls_by_outcome(
     assert samples("issuer_phone_numbers_total", outcome="quota_exhausted") == 1
     assert samples("issuer_wechat_requests_total", api="wxa/business/getuserphonenumber",
                    errcode="1400001") == 1  # fmt: skip
+
+
+# -- legacy user info no longer overwrites what the user filled in
+
+
+def test_decrypted_user_info_never_overwrites_the_filled_in_profile(
+    client: FlaskClient, login: Callable[..., dict[str, Any]], wechat: WeChatEmulator
+) -> None:
+    alice = login("alice")
+    client.patch("/me", headers=bearer(alice), json={"nickname": "Alice typed this"})
+    data = wechat.user_data(APPID, "alice")
+    response = client.post("/wechat/decrypt", headers=bearer(alice), json=data)
+    assert response.status_code == 200
+    assert response.get_json()["data"]["nickName"] == "alice"
+    me = client.get("/me", headers=bearer(alice)).get_json()
+    assert me["nickname"] == "Alice typed this"
+    assert me["avatar_url"] == "https://example.invalid/alice"  # it had none: filled in
+
+
+def test_wechats_anonymous_profile_is_never_kept(
+    client: FlaskClient, login: Callable[..., dict[str, Any]], wechat: WeChatEmulator
+) -> None:
+    anonymous = login("微信用户")  # the emulator's user data names the user so
+    data = wechat.user_data(APPID, "微信用户")
+    response = client.post("/wechat/decrypt", headers=bearer(anonymous), json=data)
+    assert response.status_code == 200
+    me = client.get("/me", headers=bearer(anonymous)).get_json()
+    assert me["nickname"] is None
+    assert me["avatar_url"] is None
