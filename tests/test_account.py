@@ -8,6 +8,7 @@ and a camera name, a PNG declaring far more pixels than it holds (a decompressio
 from __future__ import annotations
 
 import io
+import os
 import struct
 import zlib
 from collections.abc import Callable, Iterator
@@ -16,10 +17,12 @@ from typing import Any
 
 import pytest
 import requests
+from click.testing import CliRunner
 from flask import Flask
 from flask.testing import FlaskClient
 from PIL import ExifTags, Image
 
+from issuer.cli import main
 from issuer.profile import AVATAR_SIDE, MAX_AVATAR_BYTES
 from issuer.wechat.emulator import WeChatEmulator
 from tests import test_cli as cli_tests
@@ -662,3 +665,22 @@ def test_delete_zeroes_the_users_bytes_even_where_sqlite_would_not_by_default(
     files = path.read_bytes() + (wal.read_bytes() if wal.exists() else b"")
     for secret in [*user_bytes(wechat, APPID, "gina"), nickname.encode()]:
         assert secret not in files, secret
+
+
+def test_users_delete_has_help_with_nothing_configured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in list(os.environ):
+        if name.startswith(("ISSUER_", "FLASK_")):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["users", "delete", "--help"])
+    assert "Usage:" in ok(result)
+    assert "Delete the account" in result.stdout
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_users_delete_takes_an_id_that_starts_with_a_dash(run: Any) -> None:
+    ok(run("db", "upgrade"))
+    line = one_line_failure(run("users", "delete", "-usr_dash"))
+    assert "no user -usr_dash" in line
