@@ -2,7 +2,7 @@
 
 ``issuer dev`` runs development mode with the WeChat emulator and prints a walkthrough;
 ``keys init|list|rotate|revoke``, ``data-key rotate|drop-unused``, ``db upgrade``, ``prune``
-and ``users show|revoke`` operate a deployment. A plain click group, not Flask's: Flask's own
+and ``users show|revoke|delete`` operate a deployment. A plain click group, not Flask's: Flask's own
 ``run``/``shell``/``routes`` and ``--debug`` would serve the production configuration on
 Werkzeug's debugger. ``--help`` needs no configuration; the settings are read by each command.
 
@@ -451,7 +451,7 @@ def prune() -> None:
 
 @main.group("users")
 def users() -> None:
-    """Look users up, end their sessions."""
+    """Look users up, end their sessions, delete their accounts."""
 
 
 @users.command("show", context_settings=ID_ARGUMENT)
@@ -515,6 +515,19 @@ def users_revoke(user_id: str) -> None:
     ended = store.revoke_user_sessions(user_id, time.time())
     _audit("users revoke", user_id=user_id, sessions=ended)
     click.echo(f"ended {ended} sessions of {user_id}")
+
+
+@users.command("delete", context_settings=ID_ARGUMENT)
+@click.argument("user_id")
+@_one_line
+def users_delete(user_id: str) -> None:
+    """Delete the account and everything personal of it (sessions, identities, phone,
+    profile, avatar, users merged into it); the same WeChat user logging in later is new."""
+    store = _service(_create_app()).store
+    if not store.delete_user(user_id):
+        raise click.ClickException(f"no user {user_id}")
+    _audit("users delete", user_id=user_id)
+    click.echo(f"deleted {user_id} and everything personal of it")
 
 
 @main.group("db")

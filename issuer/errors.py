@@ -124,6 +124,23 @@ class UpstreamMisconfigured(IssuerError):
     )
 
 
+class QuotaExhausted(IssuerError):
+    """WeChat's paid or daily quota for an API of this app is spent (``1400001``,
+    ``45009``). Not ``temporarily_unavailable``: no retry helps until the operator tops the
+    quota up (or WeChat resets it), so ``Retry-After`` asks for an hour, not a second."""
+
+    error = "quota_exhausted"
+    status_code = 503
+    default_description = (
+        "WeChat's quota for this call is used up for this app; retrying cannot help until "
+        "the operator tops it up."
+    )
+    retry_after: ClassVar[int] = 3600
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
 class SessionKeyMismatch(IssuerError):
     error = "session_key_mismatch"
     status_code = 409

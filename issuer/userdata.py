@@ -25,6 +25,8 @@ from .wechat.servertoken import ServerTokens
 log = logging.getLogger("issuer.userdata")
 
 MAX_PROFILE_TEXT = 1024
+# What getUserProfile / getUserInfo give every user since 2022.
+ANONYMOUS_NICKNAME = "微信用户"
 T = TypeVar("T")
 
 
@@ -87,21 +89,42 @@ class UserData:
         if isinstance(phone, str) and phone:
             country = data.get("countryCode")
             self._keep_phone(appid, openid, phone, None if country in (None, "") else str(country))
-        nickname, avatar = data.get("nickName"), data.get("avatarUrl")
-        if isinstance(nickname, str) or isinstance(avatar, str):
-            self.store.update_profile(user_id, _profile_text(nickname), _profile_text(avatar))
+        self._fill_profile(user_id, data.get("nickName"), data.get("avatarUrl"))
         return data
+
+    def _fill_profile(self, user_id: str, nickname: object, avatar: object) -> None:
+        """Keep a decrypted nickname and avatar only where the profile has none.
+
+        Since 2022 legacy user info decrypts to WeChat's anonymous profile ("微信用户" and a
+        grey avatar): that is never kept, and nothing decrypted overwrites what the user
+        filled in themselves (``PATCH /me``, ``/me/avatar``).
+        """
+        if nickname == ANONYMOUS_NICKNAME:
+            nickname = avatar = None  # the grey avatar comes with the anonymous name
+        new_nickname, new_avatar = _profile_text(nickname), _profile_text(avatar)
+        if new_nickname is None and new_avatar is None:
+            return
+        current = self.store.get_user(user_id)
+        if current is None:
+            return
+        self.store.update_profile(
+            user_id,
+            new_nickname if current.nickname is None else None,
+            new_avatar if current.avatar_url is None else None,
+        )
 
     def phone(self, caller: Caller, code: str) -> PhoneNumber:
         """The phone number behind a phone-button code, kept sealed for ``/me``.
 
-        :raises InvalidGrant: WeChat 40029, the code is invalid or used.
+        :raises InvalidGrant: WeChat 40029, the code is invalid or used; 40003, it belongs
+            to another user (the caller's openid goes with it, so WeChat checks).
+        :raises QuotaExhausted: WeChat 1400001, the app's phone-number quota is used up.
         """
         if not code or len(code) > 128 or not code.isascii() or not code.isprintable():
             raise InvalidRequest("code is not a phone-button code.")
         app = self._app(caller)
         number = self._with_server_token(
-            app, lambda token: self.wechat.phone_number(app, token, code)
+            app, lambda token: self.wechat.phone_number(app, token, code, caller.session.openid)
         )
         self._keep_phone(app.appid, caller.session.openid, number.phone_number, number.country_code)
         return number

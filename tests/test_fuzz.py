@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import io
 import json
 import os
 import tempfile
@@ -48,6 +49,7 @@ from flask import Flask
 from hypothesis import HealthCheck
 from hypothesis import strategies as st
 from hypothesis.configuration import set_hypothesis_home_dir
+from PIL import Image
 from schemathesis.checks import not_a_server_error
 
 from issuer.wechat.emulator import Fault, WeChatEmulator
@@ -158,6 +160,11 @@ BODY_VARIANTS: dict[str, list[dict[str, str]]] = {
         {"encryptedData": Real.PHONE_ENCRYPTED_DATA, "iv": Real.PHONE_IV},
         {"encryptedData": Real.ENCRYPTED_DATA, "iv": Real.IV, **OVERSIZED},
     ],
+    "PATCH /me": [
+        {"nickname": "小明 👨\u200d👩\u200d👧"},
+        {"avatar_url": "https://thirdwx.qlogo.cn/mmopen/vi_32/x/132"},
+        {"nickname": "x", **OVERSIZED},
+    ],
     "POST /wechat/phone": [
         {"code": Real.PHONE_CODE},
         {"code": Real.PHONE_CODE, **OVERSIZED},
@@ -167,6 +174,11 @@ BODY_VARIANTS: dict[str, list[dict[str, str]]] = {
 # Operations a live Bearer token opens, and the placeholder for it.
 BEARER: dict[str, Real] = {
     "GET /me": Real.ACCESS_TOKEN,
+    "PATCH /me": Real.ACCESS_TOKEN,
+    "PUT /me/avatar": Real.ACCESS_TOKEN,
+    "POST /me/avatar": Real.ACCESS_TOKEN,
+    # Deleting the account ends every session of the user: a fresh user each time.
+    "DELETE /me": Real.SESSION_ACCESS_TOKEN,
     "GET /wechat/session": Real.ACCESS_TOKEN,
     "POST /wechat/decrypt": Real.ACCESS_TOKEN,
     "POST /wechat/phone": Real.ACCESS_TOKEN,
@@ -192,6 +204,9 @@ WECHAT_FAULTS: dict[str, tuple[Fault, int]] = {
     "server token rejected": (Fault(errcode=40001), 1),
     "signature invalid": (Fault(errcode=87009), 1),
     "unknown errcode": (Fault(errcode=99999), 1),
+    "phone quota exhausted": (Fault(errcode=1400001), 1),
+    "daily quota exhausted": (Fault(errcode=45009), 1),
+    "code of another user": (Fault(errcode=40003), 1),
     "busy once": (Fault(errcode=-1), 1),
     "busy twice": (Fault(errcode=-1), 2),
     "HTTP 502": (Fault(status=502), 1),
@@ -206,9 +221,26 @@ def label_of(context: schemathesis.HookContext) -> str:
     return context.operation.label if context.operation is not None else ""
 
 
+def avatar_images() -> list[bytes]:
+    """Real images for ``PUT /me/avatar``: random bytes are never one."""
+    images = []
+    for image_format, mode in (("PNG", "RGBA"), ("JPEG", "RGB"), ("GIF", "P"), ("WEBP", "RGB")):
+        out = io.BytesIO()
+        Image.new(mode, (900, 300)).save(out, image_format)
+        images.append(out.getvalue())
+    return images
+
+
+AVATARS = avatar_images()
+
+
 @schema.hook
 def flatmap_body(context: schemathesis.HookContext, body: Any) -> st.SearchStrategy[Any]:
-    """The generated body, or (an object) the body with one variant's real fields."""
+    """The generated body, or (an object) the body with one variant's real fields; for the
+    avatar upload, also a real image (raw, or as the multipart ``file``)."""
+    if label_of(context) in ("PUT /me/avatar", "POST /me/avatar"):
+        real = [{**body, "file": image} for image in AVATARS] if isinstance(body, dict) else AVATARS
+        return st.one_of(st.just(body), st.sampled_from(real))
     variants = BODY_VARIANTS.get(label_of(context), [])
     if not variants or not isinstance(body, dict):
         return st.just(body)

@@ -64,7 +64,55 @@ export interface Platform {
   request(options: RequestOptions): Promise<RequestResult>;
   /** Resolves with a one-time wx.login code; rejects with a WxLoginError. */
   login(): Promise<string>;
+  /** `wx.uploadFile` as a promise (for uploadAvatar): resolves for any HTTP status. */
+  uploadFile?(options: UploadFileOptions): Promise<UploadFileResult>;
   storage: Storage | PlatformStorage;
+}
+
+/** What uploadAvatar hands `wx.uploadFile`. */
+export interface UploadFileOptions {
+  url: string;
+  filePath: string;
+  name: string;
+  header?: Record<string, string>;
+}
+
+/** `wx.uploadFile`'s result: its body is a string, whatever the response's type. */
+export interface UploadFileResult {
+  statusCode: number;
+  data: string;
+  header?: Record<string, string>;
+}
+
+/** The user as `GET /me` shows it; unknown values are null. */
+export interface Me {
+  user_id: string;
+  appid: string;
+  openid: string;
+  unionid: string | null;
+  created_at: string;
+  nickname: string | null;
+  avatar_url: string | null;
+  phone_number: string | null;
+  country_code: string | null;
+}
+
+/** What `<input type="nickname">` and an avatar URL give; either or both. */
+export interface ProfileUpdate {
+  nickname?: string;
+  /** `https://`, or an avatar URL uploadAvatar() returned. */
+  avatarUrl?: string;
+}
+
+export interface PhoneNumber {
+  phone_number: string;
+  pure_phone_number: string;
+  country_code: string | null;
+}
+
+/** The event of `<button open-type="getPhoneNumber" bindgetphonenumber="…">`. */
+export interface PhoneNumberEvent {
+  detail: { code?: string; errMsg?: string };
 }
 
 /** The *StorageSync trio of wx / Taro / uni: values are kept as objects. */
@@ -79,6 +127,8 @@ export interface PlatformStorage {
 export interface WxLike {
   request(options: any): unknown;
   login(options: any): unknown;
+  /** Needed by uploadAvatar only. */
+  uploadFile?(options: any): unknown;
   getStorageSync(key: string): any;
   setStorageSync(key: string, value: any): void;
   removeStorageSync(key: string): void;
@@ -88,6 +138,8 @@ export interface WxLike {
 export interface TaroLike {
   request(options: any): PromiseLike<any>;
   login(options?: any): PromiseLike<any>;
+  /** Needed by uploadAvatar only. */
+  uploadFile?(options: any): unknown;
   getStorageSync(key: string): any;
   setStorageSync(key: string, value: any): void;
   removeStorageSync(key: string): void;
@@ -141,8 +193,8 @@ export type ClientConfig = WxConfig | TaroConfig | UniConfig | PlatformConfig;
 
 export type AuthChangeEvent = 'SIGNED_IN' | 'TOKEN_REFRESHED' | 'SIGNED_OUT';
 
-/** Why the user was signed out: they logged out, or the session ended at issuer. */
-export type SignedOutReason = 'logout' | 'session_ended';
+/** Why the user was signed out: they logged out, the session ended at issuer, or they deleted the account. */
+export type SignedOutReason = 'logout' | 'session_ended' | 'account_deleted';
 
 export interface AuthStateDetail {
   /** The tokens now: null once signed out. */
@@ -166,8 +218,16 @@ export interface IssuerClient {
   getAccessToken(): Promise<string>;
   /** A request with the access token; rejects with an IssuerError from status 400 up. */
   request<T = any>(options: RequestOptions): Promise<RequestResult<T>>;
-  /** Ends the session at issuer and clears storage; true when issuer confirmed. */
-  logout(): Promise<boolean>;
+  /** Ends the session (`everywhere`: every session of the user) at issuer and clears storage; true when issuer confirmed. */
+  logout(options?: { everywhere?: boolean }): Promise<boolean>;
+  /** PATCH /me with what the user filled in; resolves with the new /me. */
+  updateProfile(profile: ProfileUpdate): Promise<Me>;
+  /** wx.uploadFile of chooseAvatar's temporary file to PUT /me/avatar (one retry after a 401); resolves with the new /me. */
+  uploadAvatar(tempFilePath: string): Promise<Me>;
+  /** POST /wechat/phone with the phone-number button's `event.detail.code`. */
+  getPhoneNumber(event: PhoneNumberEvent): Promise<PhoneNumber>;
+  /** DELETE /me, then clears storage (SIGNED_OUT, reason `account_deleted`). */
+  deleteAccount(): Promise<void>;
   /** The stored tokens as they are (the access token may have expired), or null. */
   getTokens(): Tokens | null;
   /** Listen for sign-in, refresh and sign-out; returns the unsubscribe function. */

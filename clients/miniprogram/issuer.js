@@ -139,6 +139,30 @@ function syncStorage(api) {
 }
 
 /**
+ * `uploadFile` of an API that takes `success` / `fail` callbacks (wx, uni-app, and Taro, whose
+ * promise-returning `Taro.uploadFile` still calls them), as a promise. `wx.uploadFile` is the
+ * only way a mini-program sends a chosen file (`chooseAvatar`'s temporary path): multipart.
+ */
+function callbackUpload(api, name) {
+  return function (options) {
+    return new Promise(function (resolve, reject) {
+      if (!api || typeof api.uploadFile !== 'function') {
+        reject(new IssuerNetworkError(name + '.uploadFile is not available'));
+        return;
+      }
+      const call = withoutCallbacks(options);
+      call.success = resolve;
+      call.fail = function (res) {
+        reject(new IssuerNetworkError(failMessage(res, 'upload failed')));
+      };
+      const pending = api.uploadFile(call);
+      // Taro's promise rejects as `fail` is called: handled there, not unhandled here.
+      if (isThenable(pending)) pending.then(null, function () {});
+    });
+  };
+}
+
+/**
  * Native mini-program `wx`: callback-style `wx.request` / `wx.login`, `wx.*StorageSync`.
  *
  * @param {Object} wx
@@ -170,6 +194,7 @@ function wxPlatform(wx) {
         });
       });
     },
+    uploadFile: callbackUpload(wx, 'wx'),
     storage: syncStorage(wx),
   };
 }
@@ -210,6 +235,7 @@ function taroPlatform(Taro) {
           }
         );
     },
+    uploadFile: callbackUpload(Taro, 'Taro'),
     storage: syncStorage(Taro),
   };
 }
@@ -249,6 +275,7 @@ function uniPlatform(uni) {
         });
       });
     },
+    uploadFile: callbackUpload(uni, 'uni'),
     storage: syncStorage(uni),
   };
 }
@@ -665,9 +692,12 @@ function createClient(config) {
    * issuer cannot be reached: the user asked to be logged out of this phone, and the session
    * dies on its own when it expires.
    *
+   * @param {{everywhere?: boolean}} [options]  `everywhere: true` ends every session of the
+   *        user, on every device (`{"scope": "global"}` with the access token).
    * @returns {Promise<boolean>} whether issuer confirmed the logout (204).
    */
-  async function logout() {
+  async function logout(options) {
+    const everywhere = Boolean(options && options.everywhere);
     // A refresh or login finishing after the clear would write its tokens back.
     const pending = [loginInFlight, refreshInFlight].filter(Boolean).map(function (p) {
       return p.catch(function () {});
@@ -677,15 +707,128 @@ function createClient(config) {
     let confirmed = false;
     if (tokens) {
       try {
-        const res = await post('/auth/logout', { refresh_token: tokens.refresh_token });
+        let res;
+        if (everywhere) {
+          // The access token names the user; request() refreshes it first when it is stale.
+          res = await request({
+            url: '/auth/logout',
+            method: 'POST',
+            data: { scope: 'global', refresh_token: tokens.refresh_token },
+            header: { 'content-type': 'application/json' },
+          });
+        } else {
+          res = await post('/auth/logout', { refresh_token: tokens.refresh_token });
+        }
         confirmed = res.statusCode === 204;
       } catch (e) {
-        // Offline: clearing locally is still what the user asked for.
+        // Offline, or the session had already ended: clearing locally is still what the
+        // user asked for.
       }
     }
     await clearTokens();
     if (tokens) emit('SIGNED_OUT', { tokens: null, reason: 'logout', error: null });
     return confirmed;
+  }
+
+  // -- profile and account (what the user fills in since WeChat stopped giving it)
+
+  /**
+   * Save what the user filled in: `<input type="nickname">`'s value, and/or an avatar URL
+   * (`https://`, or one `uploadAvatar()` returned).
+   *
+   * @param {{nickname?: string, avatarUrl?: string}} profile
+   * @returns {Promise<Object>} the user as `GET /me` now shows it.
+   * @throws {IssuerApiError} `invalid_request` naming the field that is refused.
+   */
+  async function updateProfile(profile) {
+    const data = {};
+    if (profile && profile.nickname !== undefined) data.nickname = profile.nickname;
+    if (profile && profile.avatarUrl !== undefined) data.avatar_url = profile.avatarUrl;
+    const res = await request({
+      url: '/me',
+      method: 'PATCH',
+      data: data,
+      header: { 'content-type': 'application/json' },
+    });
+    return parseBody(res.data);
+  }
+
+  function upload(filePath, accessToken) {
+    if (typeof platform.uploadFile !== 'function') {
+      throw new TypeError('uploadAvatar: this platform has no uploadFile');
+    }
+    return platform.uploadFile({
+      url: url('/me/avatar'),
+      filePath: filePath,
+      name: 'file',
+      header: { Authorization: 'Bearer ' + accessToken },
+    });
+  }
+
+  /**
+   * Upload the avatar the user chose (`<button open-type="chooseAvatar">`'s
+   * `event.detail.avatarUrl`, a temporary file) with `wx.uploadFile`. issuer re-encodes it
+   * (at most 2 MiB in, 640 px out, no metadata kept) and serves it at a stable URL. On a 401
+   * it refreshes once and retries once, as `request()` does.
+   *
+   * @param {string} tempFilePath
+   * @returns {Promise<Object>} the user as `GET /me` now shows it; `avatar_url` is the new URL.
+   * @throws {IssuerApiError} `invalid_request` (not an image, too many pixels), 413 (larger
+   *         than 2 MiB), or what a login or refresh threw.
+   */
+  async function uploadAvatar(tempFilePath) {
+    if (typeof tempFilePath !== 'string' || !tempFilePath) {
+      throw new TypeError('uploadAvatar: tempFilePath is required');
+    }
+    let tokens = await freshTokens();
+    let res = await upload(tempFilePath, tokens.access_token);
+    if (res.statusCode === 401) {
+      const current = await loadTokens();
+      tokens = current && current.access_token !== tokens.access_token && !isStale(current)
+        ? current
+        : usable(await refresh());
+      res = await upload(tempFilePath, tokens.access_token);
+    }
+    if (res.statusCode >= 400) throw errorFromResponse(res);
+    // wx.uploadFile hands the body over as a string, whatever its type.
+    return parseBody(res.data);
+  }
+
+  /**
+   * The phone number from `<button open-type="getPhoneNumber" bindgetphonenumber="...">`:
+   * pass the handler's event. Its `detail.code` goes to issuer, which asks WeChat (with the
+   * user's openid) and keeps the number for `/me`.
+   *
+   * @param {{detail?: {code?: string, errMsg?: string}}} event
+   * @returns {Promise<{phone_number: string, pure_phone_number: string, country_code: ?string}>}
+   * @throws {IssuerError} `phone_number_denied` when the user refused (no code);
+   *         `quota_exhausted` when the app's phone-number quota is used up; `invalid_grant`.
+   */
+  async function getPhoneNumber(event) {
+    const detail = (event && event.detail) || {};
+    if (typeof detail.code !== 'string' || !detail.code) {
+      throw new IssuerError('phone_number_denied', detail.errMsg || 'the event carries no code');
+    }
+    const res = await request({
+      url: '/wechat/phone',
+      method: 'POST',
+      data: { code: detail.code },
+      header: { 'content-type': 'application/json' },
+    });
+    return parseBody(res.data);
+  }
+
+  /**
+   * Delete the user's account at issuer (every session, identity, phone, profile and avatar)
+   * and forget the tokens. A later login is a new user.
+   *
+   * @returns {Promise<void>}
+   * @throws {IssuerError} when issuer did not confirm: the tokens are then kept.
+   */
+  async function deleteAccount() {
+    await request({ url: '/me', method: 'DELETE' });
+    await clearTokens();
+    emit('SIGNED_OUT', { tokens: null, reason: 'account_deleted', error: null });
   }
 
   return {
@@ -694,6 +837,10 @@ function createClient(config) {
     getAccessToken: getAccessToken,
     request: request,
     logout: logout,
+    updateProfile: updateProfile,
+    uploadAvatar: uploadAvatar,
+    getPhoneNumber: getPhoneNumber,
+    deleteAccount: deleteAccount,
     getTokens: getTokens,
     onAuthStateChange: onAuthStateChange,
   };

@@ -100,6 +100,17 @@ class LoginOutcome:
     is_new_user: bool
 
 
+@dataclass(frozen=True)
+class StoredAvatar:
+    """An avatar as issuer serves it: already re-encoded, never the bytes a client sent."""
+
+    id: str
+    user_id: str
+    content_type: str
+    image: bytes = field(repr=False)
+    created_at: float
+
+
 class Store(Protocol):
     """What issuer needs from its database."""
 
@@ -182,6 +193,39 @@ class Store(Protocol):
     def set_phone(
         self, appid: str, openid: str, phone: Sealed, country_code: str | None, now: float
     ) -> None: ...
+
+    def edit_profile(
+        self, user_id: str, *, nickname: str | None, avatar_url: str | None, keep_avatar: str | None
+    ) -> bool:
+        """Set the fields that are not None, as the user typed them (``PATCH /me``). With an
+        ``avatar_url``, the user's stored avatars other than ``keep_avatar`` are deleted: the
+        profile no longer points at them.
+
+        :returns: False for an unknown user (nothing written).
+        """
+        ...
+
+    def put_avatar(self, avatar: StoredAvatar, avatar_url: str) -> bool:
+        """Store ``avatar`` for its user, point the profile's ``avatar_url`` at it, and
+        delete the user's earlier avatars -- one transaction. Storing the same one again is
+        not an error.
+
+        :returns: False for an unknown user (nothing written).
+        """
+        ...
+
+    def get_avatar(self, avatar_id: str) -> StoredAvatar | None: ...
+
+    def delete_user(self, user_id: str) -> bool:
+        """Delete a user and everything personal of it, in one transaction: its sessions and
+        their login code hashes, identities (openid, sealed session_key and phone), avatars,
+        profile, and the users merged into it (``merged_into``) with theirs. Access tokens
+        of the user stop authenticating at once (their sessions are gone); the same WeChat
+        user logging in later is a new user.
+
+        :returns: False for an unknown user (nothing deleted).
+        """
+        ...
 
     def get_server_token(self, appid: str) -> ServerToken | None: ...
 

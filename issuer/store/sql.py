@@ -37,6 +37,7 @@ from . import (
     SealedRow,
     ServerToken,
     Session,
+    StoredAvatar,
     StoreUnavailable,
     User,
 )
@@ -118,6 +119,19 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             check_value {blob} NOT NULL,
             created_at {real} NOT NULL
         )""",
+    ),
+    (
+        # Avatars users upload, re-encoded, in the database so every host of a fleet serves
+        # them. The id is a hash of the owner and the bytes: immutable, so cached for good.
+        """CREATE TABLE avatars (
+            id TEXT PRIMARY KEY,
+            user_id TEXT NOT NULL REFERENCES users(id),
+            content_type TEXT NOT NULL,
+            image {blob} NOT NULL,
+            created_at {real} NOT NULL
+        )""",
+        "CREATE INDEX avatars_user ON avatars(user_id)",
+        "CREATE INDEX login_codes_session ON login_codes(session_id)",
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -432,6 +446,86 @@ class SQLStore(ABC):
             )
         )
 
+    # -- what the user fills in (profile, avatar) and account deletion
+
+    def edit_profile(
+        self, user_id: str, *, nickname: str | None, avatar_url: str | None, keep_avatar: str | None
+    ) -> bool:
+        def work(db: Executor) -> bool:
+            changed = db.execute(
+                """UPDATE users SET nickname = COALESCE(?, nickname),
+                avatar_url = COALESCE(?, avatar_url) WHERE id = ?""",
+                (nickname, avatar_url, user_id),
+            ).rowcount
+            if changed and avatar_url is not None:
+                db.execute(
+                    "DELETE FROM avatars WHERE user_id = ? AND id IS DISTINCT FROM ?",
+                    (user_id, keep_avatar),
+                )
+            return changed == 1
+
+        return self._write(work)
+
+    def put_avatar(self, avatar: StoredAvatar, avatar_url: str) -> bool:
+        def work(db: Executor) -> bool:
+            if not db.execute(
+                "UPDATE users SET avatar_url = ? WHERE id = ?", (avatar_url, avatar.user_id)
+            ).rowcount:
+                return False
+            db.execute(
+                """INSERT INTO avatars (id, user_id, content_type, image, created_at)
+                VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING""",
+                (avatar.id, avatar.user_id, avatar.content_type, avatar.image, avatar.created_at),
+            )
+            db.execute(
+                "DELETE FROM avatars WHERE user_id = ? AND id != ?", (avatar.user_id, avatar.id)
+            )
+            return True
+
+        return self._write(work)
+
+    def get_avatar(self, avatar_id: str) -> StoredAvatar | None:
+        row = self._one(
+            "SELECT id, user_id, content_type, image, created_at FROM avatars WHERE id = ?",
+            avatar_id,
+        )
+        if row is None:
+            return None
+        return StoredAvatar(row[0], row[1], row[2], bytes(row[3]), row[4])
+
+    def delete_user(self, user_id: str) -> bool:
+        def work(db: Executor) -> bool:
+            if db.execute("SELECT 1 FROM users WHERE id = ?", (user_id,)).fetchone() is None:
+                return False
+            # A merge points every absorbed user at the survivor directly, so one level holds
+            # them all; the loop also covers a chain a future merge rule might leave.
+            doomed, frontier = [user_id], [user_id]
+            while frontier:
+                found = [
+                    row[0]
+                    for parent in frontier
+                    for row in db.execute(
+                        "SELECT id FROM users WHERE merged_into = ?", (parent,)
+                    ).fetchall()
+                ]
+                frontier = [found_id for found_id in found if found_id not in doomed]
+                doomed.extend(frontier)
+            # Children before parents: the foreign keys hold at every statement.
+            for doomed_id in doomed:
+                db.execute(
+                    """DELETE FROM login_codes WHERE session_id IN
+                    (SELECT id FROM sessions WHERE user_id = ?)""",
+                    (doomed_id,),
+                )
+                db.execute("DELETE FROM sessions WHERE user_id = ?", (doomed_id,))
+                db.execute("DELETE FROM avatars WHERE user_id = ?", (doomed_id,))
+                db.execute("DELETE FROM identities WHERE user_id = ?", (doomed_id,))
+            for doomed_id in reversed(doomed):
+                db.execute("DELETE FROM users WHERE id = ?", (doomed_id,))
+            return True
+
+        return self._write(work)
+
     # -- WeChat server access tokens
 
     def get_server_token(self, appid: str) -> ServerToken | None:
@@ -642,6 +736,7 @@ def _link_unionid(db: Executor, user_id: str, unionid: str) -> str:
     db.execute("UPDATE users SET merged_into = ? WHERE merged_into = ?", (survivor, user_id))
     db.execute("UPDATE identities SET user_id = ? WHERE user_id = ?", (survivor, user_id))
     db.execute("UPDATE sessions SET user_id = ? WHERE user_id = ?", (survivor, user_id))
+    db.execute("UPDATE avatars SET user_id = ? WHERE user_id = ?", (survivor, user_id))
     db.execute(
         """UPDATE users SET
         nickname = COALESCE(nickname, (SELECT nickname FROM users WHERE id = ?)),

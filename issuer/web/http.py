@@ -67,9 +67,10 @@ def render_error(error: IssuerError) -> Response:
 def _retry_after_on_503(response: Response) -> Response:
     """``Retry-After: 1`` (RFC 9110 §10.2.3) on every 503: what is unavailable (WeChat, the
     database, a key ring) is worth asking again at once, not after some window. A 429 sets
-    its own (:class:`SlowDown`); no other answer carries one."""
+    its own (:class:`SlowDown`); no other answer carries one. A 503 that set its own keeps it
+    (:class:`issuer.errors.QuotaExhausted`: an hour, since a second cannot help)."""
     if response.status_code == 503:
-        response.headers["Retry-After"] = "1"
+        response.headers.setdefault("Retry-After", "1")
     return response
 
 
@@ -97,8 +98,9 @@ class Params:
         return value
 
 
-def request_body() -> bytes:
-    """The whole request body, at most :data:`MAX_BODY_BYTES`.
+def request_body(limit: int = MAX_BODY_BYTES) -> bytes:
+    """The whole request body, at most ``limit`` bytes (:data:`MAX_BODY_BYTES` unless a view
+    raised ``request.max_content_length`` to that limit first).
 
     A body that declares its length is held to the limit by Werkzeug before a byte is read
     (``MAX_CONTENT_LENGTH``). One sent chunked (RFC 9112 §7.1), without a length, is read by
@@ -110,7 +112,7 @@ def request_body() -> bytes:
     """
     data = request.get_data(cache=True)
     if (
-        len(data) >= MAX_BODY_BYTES
+        len(data) >= limit
         and request.content_length is None
         and request.environ.get("wsgi.input_terminated")
         and request.input_stream.read(1)

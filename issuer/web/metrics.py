@@ -62,6 +62,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 WECHAT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 LOGIN_ROUTE = "/auth/login"
 REFRESH_ROUTE = "/auth/refresh"
+PHONE_ROUTE = "/wechat/phone"
 
 
 class Metrics:
@@ -131,6 +132,14 @@ class Metrics:
             ["endpoint"],
             registry=target,
         )
+        # Each getuserphonenumber call is paid: how the phone endpoint's requests ended.
+        self.phone_numbers: Counter = Counter(
+            "issuer_phone_numbers",
+            "Phone-number requests (POST /wechat/phone) by outcome: ok or the OAuth error "
+            "code (quota_exhausted: WeChat's paid quota is used up).",
+            ["outcome"],
+            registry=target,
+        )
         # Present from the first scrape, so a rate over them is defined before any traffic.
         self.logins.labels("ok")
         self.refreshes.labels("ok")
@@ -166,6 +175,8 @@ class Metrics:
             self.logins.labels(outcome).inc()
         elif route == REFRESH_ROUTE:
             self.refreshes.labels(outcome).inc()
+        elif route == PHONE_ROUTE:
+            self.phone_numbers.labels(outcome).inc()
         if rate_limited and route is not None:
             self.rate_limited.labels(route).inc()
 

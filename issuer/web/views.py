@@ -10,18 +10,24 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 from importlib import resources
 from typing import Any
 
 from flask import Blueprint, Response, current_app, g, request
+from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.formparser import FormDataParser
 
-from ..errors import InvalidRequest, UnsupportedGrantType
+from ..account import Accounts
+from ..errors import InvalidRequest, RequestTooLarge, UnsupportedGrantType
+from ..errors import NotFound as NotFoundError
 from ..keys.manager import KeyRingUnavailable
 from ..keys.matching import mismatch
+from ..profile import MAX_AVATAR_BYTES
 from ..service import AuthService, Caller
 from ..store import StoreUnavailable
 from ..userdata import UserData
-from .http import NO_STORE, json_response, read_params
+from .http import NO_STORE, json_response, read_params, request_body
 from .http import bearer_token as read_bearer_token
 from .ratelimit import limits_of
 
@@ -40,6 +46,11 @@ def service() -> AuthService:
 def user_data() -> UserData:
     data: UserData = current_app.extensions["issuer.userdata"]
     return data
+
+
+def accounts() -> Accounts:
+    svc = service()
+    return Accounts(svc.store, svc.settings.url, svc.clock)
 
 
 def caller() -> Caller:
@@ -95,6 +106,9 @@ def refresh() -> Response:
 def logout() -> Response:
     """End a login session; the ``revocation_endpoint`` of the metadata (RFC 7009).
 
+    ``{"scope": "global"}`` with a Bearer ends every session of the Bearer's user (sign out
+    everywhere); an ended session's Bearer may still ask it, as logout stays idempotent.
+
     The session is named by RFC 7009's ``token`` (with an optional ``token_type_hint``), by
     the ``refresh_token`` field, or by a Bearer access token; any of them, or several. Always
     204 once the request is well formed, whether or not a session was found (RFC 7009 §2.2:
@@ -102,12 +116,17 @@ def logout() -> Response:
     """
     svc = service()
     access_token = read_bearer_token(required=False)
-    token = hint = refresh_token = None
+    token = hint = refresh_token = scope = None
     if access_token is None or request.get_data(cache=True):
         params = read_params(form=True)
         token = params.text("token", required=False)
         hint = params.text("token_type_hint", required=False)
         refresh_token = params.text("refresh_token", required=False)
+        scope = params.text("scope", required=False)
+        if scope not in (None, "session", "global"):
+            raise InvalidRequest('scope must be "session" or "global".')
+        if scope == "global" and access_token is None:
+            raise InvalidRequest('scope "global" needs the user\'s Bearer access token.')
         if access_token is None and token is None and refresh_token is None:
             raise InvalidRequest(
                 "Send the token to revoke (token, or refresh_token), or a Bearer access token."
@@ -121,6 +140,8 @@ def logout() -> Response:
         svc.logout_refresh_token(refresh_token)
     if who is not None:
         svc.logout_caller(who)
+        if scope == "global":  # sign out everywhere: every session of the user
+            accounts().sign_out_everywhere(who.session.user_id)
     response = current_app.response_class(status=204)
     response.headers.update(NO_STORE)
     return response
@@ -132,6 +153,106 @@ def logout() -> Response:
 @api.get("/me")
 def me() -> Response:
     return json_response(service().profile(caller()), no_store=True)
+
+
+@api.patch("/me")
+def edit_me() -> Response:
+    """``{"nickname"?, "avatar_url"?}`` as the user filled them in; answers the new ``/me``."""
+    who = caller()
+    params = read_params(form=False)
+    accounts().edit(
+        who.session.user_id,
+        nickname=params.text("nickname", required=False),
+        avatar_url=params.text("avatar_url", required=False),
+    )
+    return json_response(service().profile(who), no_store=True)
+
+
+@api.delete("/me")
+def delete_me() -> Response:
+    """Delete the caller's account and everything personal of it; ``204``."""
+    who = caller()
+    accounts().delete(who.session.user_id)
+    response = current_app.response_class(status=204)
+    response.headers.update(NO_STORE)
+    return response
+
+
+# The image (2 MiB) and what multipart/form-data wraps around it (boundaries, part headers).
+AVATAR_BODY_BYTES = MAX_AVATAR_BYTES + 16 * 1024
+AVATAR_TOO_LARGE = "The image is larger than 2 MiB."
+
+
+@api.put("/me/avatar")
+@api.post("/me/avatar")
+def upload_avatar() -> Response:
+    """The image as ``wx.uploadFile`` sends it (multipart/form-data, field ``file``) or as a
+    raw ``image/*`` body; re-encoded, stored, and made the user's avatar. Answers ``/me``.
+
+    POST as well as PUT: ``wx.uploadFile`` has no method option, it always POSTs.
+
+    Only this view reads more than 16 KiB, and only once the Bearer has verified.
+    """
+    who = limited_caller()  # decoding an image costs: counted per user, like /wechat/*
+    request.max_content_length = AVATAR_BODY_BYTES
+    try:
+        data = request_body(AVATAR_BODY_BYTES)
+        if request.mimetype == "multipart/form-data":
+            data = _multipart_file(data)
+        elif not request.mimetype.startswith("image/"):
+            raise InvalidRequest("Content-Type must be multipart/form-data or image/*.")
+    except (RequestEntityTooLarge, RequestTooLarge):
+        raise RequestTooLarge(AVATAR_TOO_LARGE) from None
+    if len(data) > MAX_AVATAR_BYTES:
+        raise RequestTooLarge(AVATAR_TOO_LARGE)
+    accounts().upload_avatar(who.session.user_id, data)
+    return json_response(service().profile(who), no_store=True)
+
+
+def _multipart_file(body: bytes) -> bytes:
+    """The ``file`` part of a multipart/form-data ``body`` (RFC 7578), parsed by Werkzeug in
+    memory: the body is already read and bounded, so no part spills into a temporary file.
+
+    :raises InvalidRequest: no ``file`` part, or a malformed body.
+    """
+    parser = FormDataParser(
+        stream_factory=lambda *_args, **_kwargs: io.BytesIO(),
+        max_content_length=AVATAR_BODY_BYTES,
+        max_form_memory_size=256 * 1024,  # per read, not per field: above its 64 KiB buffer
+        max_form_parts=16,
+    )
+    try:
+        _, _, files = parser.parse(
+            io.BytesIO(body), request.mimetype, len(body), request.mimetype_params
+        )
+    except ValueError:
+        raise InvalidRequest("The multipart/form-data body is malformed.") from None
+    upload = files.get("file")
+    if upload is None:
+        raise InvalidRequest("Send the image in the multipart field named file.")
+    try:
+        return upload.stream.read()
+    finally:
+        upload.close()
+
+
+@api.get("/avatars/<avatar_id>")
+def avatar(avatar_id: str) -> Response:
+    """A stored avatar. Its id is a hash of its bytes: they never change, so caches may keep
+    it for a year (RFC 8246 ``immutable``), and ``If-None-Match`` is answered with 304."""
+    found = accounts().avatar(avatar_id)
+    if found is None:
+        raise NotFoundError("There is no such avatar.")
+    headers = {
+        "ETag": f'"{found.id}"',
+        "Cache-Control": "public, max-age=31536000, immutable",
+        "X-Content-Type-Options": "nosniff",
+        # Served as an image, never rendered as a document of this origin.
+        "Content-Security-Policy": "default-src 'none'; sandbox",
+    }
+    if request.if_none_match.contains_weak(found.id):
+        return current_app.response_class(status=304, headers=headers)
+    return current_app.response_class(found.image, headers=headers, mimetype=found.content_type)
 
 
 # -- WeChat user data

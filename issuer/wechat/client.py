@@ -31,6 +31,7 @@ from ..errors import (
     AccessDenied,
     InvalidGrant,
     IssuerError,
+    QuotaExhausted,
     SlowDown,
     TemporarilyUnavailable,
     UpstreamMisconfigured,
@@ -48,6 +49,12 @@ INVALID_SIGNATURE = 87009
 # The server access token is invalid (40001, 40014) or expired (42001).
 TOKEN_REJECTED = frozenset({40001, 40014, 42001})
 RATE_LIMITED = 45011
+# getuserphonenumber: the code was not issued to the openid sent with it.
+INVALID_OPENID = 40003
+# Quotas no retry can help with until they are topped up or reset: getuserphonenumber's paid
+# quota (1400001), and the app's daily quota of an API (45009).
+PHONE_QUOTA_EXHAUSTED = 1400001
+DAILY_QUOTA_EXHAUSTED = 45009
 # WeChat refuses the app itself: wrong appid or secret, secret missing, server IP not on the
 # app's allow-list, API not authorised for this app.
 CREDENTIAL_ERRCODES = frozenset({40001, 40002, 40013, 40125, 40164, 41002, 41004, 48001, 40243})
@@ -69,6 +76,7 @@ MAX_ANSWER_BYTES = 64 * 1024
 # upstream answering arbitrary numbers cannot grow the set of label values.
 KNOWN_ERRCODES = frozenset(
     {0, BUSY, INVALID_CODE, CODE_USED, HIGH_RISK_USER, INVALID_SIGNATURE, RATE_LIMITED}
+    | {INVALID_OPENID, PHONE_QUOTA_EXHAUSTED, DAILY_QUOTA_EXHAUSTED}
     | TOKEN_REJECTED
     | CREDENTIAL_ERRCODES
 )
@@ -247,11 +255,18 @@ class WeChatClient:
             raise TemporarilyUnavailable("WeChat sent an unusable answer; retry shortly.")
         return ServerAccessToken(str(token), expires_in)
 
-    def phone_number(self, app: WeChatApp, access_token: str, code: str) -> PhoneNumber:
+    def phone_number(
+        self, app: WeChatApp, access_token: str, code: str, openid: str
+    ) -> PhoneNumber:
         """The phone number behind a phone-button ``code`` (``getuserphonenumber``).
 
+        ``openid`` is the caller's: WeChat then checks that the code was issued to that user,
+        so a code taken from another user's phone cannot put their number on this account.
+
         :raises ServerTokenRejected: the access token is invalid or expired.
-        :raises InvalidGrant: 40029, the phone code is invalid, expired or used.
+        :raises InvalidGrant: 40029, the phone code is invalid, expired or used; 40003, it
+            was issued to another user.
+        :raises QuotaExhausted: 1400001, the app's phone-number quota is used up.
         https://developers.weixin.qq.com/miniprogram/dev/OpenApiDoc/user-info/phone-number/getPhoneNumber.html
         """
         body = self._call(
@@ -259,11 +274,19 @@ class WeChatClient:
             "/wxa/business/getuserphonenumber",
             app,
             params={"access_token": access_token},
-            json_body={"code": code},
+            json_body={"code": code, "openid": openid},
             redact=(access_token, code),
             refusals={
                 INVALID_CODE: lambda: InvalidGrant(
                     "The phone code is invalid, expired or used; ask the user to tap again."
+                ),
+                INVALID_OPENID: lambda: InvalidGrant(
+                    "The phone code was not issued to this user; ask the user to tap again."
+                ),
+                PHONE_QUOTA_EXHAUSTED: lambda: self._quota_exhausted(
+                    app.appid,
+                    "WeChat's phone-number quota of this mini-program is used up; retrying "
+                    "cannot help until the operator tops it up.",
                 ),
             },
         )
@@ -446,6 +469,12 @@ class WeChatClient:
         if errcode == RATE_LIMITED:
             log.warning("WeChat rate limit reached (errcode 45011, app %s)", appid)
             return SlowDown("WeChat's rate limit was reached.", retry_after=RATE_LIMIT_RETRY_AFTER)
+        if errcode == DAILY_QUOTA_EXHAUSTED:
+            return self._quota_exhausted(
+                appid,
+                "WeChat's daily quota of this call is used up for this app; retrying cannot "
+                "help until WeChat resets it or the operator clears it.",
+            )
         if errcode == BUSY:
             log.warning("WeChat busy (-1) twice for app %s", appid)
             return TemporarilyUnavailable("WeChat is busy; retry shortly.")
@@ -456,6 +485,12 @@ class WeChatClient:
             return UpstreamMisconfigured()
         log.error("WeChat answered unexpected errcode %d for app %s (%s)", errcode, appid, errmsg)
         return TemporarilyUnavailable("WeChat refused the request; retry shortly.")
+
+    @staticmethod
+    def _quota_exhausted(appid: str, description: str) -> QuotaExhausted:
+        # ERROR: only the operator can act (top the quota up in WeChat's console).
+        log.error("WeChat quota exhausted for app %s: %s", appid, description)
+        return QuotaExhausted(description)
 
     def close(self) -> None:
         if self._session is not None:

@@ -89,6 +89,9 @@ class WeChatEmulator:
         self._codes: dict[str, _Code] = {}
         self._session_keys: dict[tuple[str, str], str] = {}
         self._phone_codes: dict[str, _Code] = {}
+        # getuserphonenumber calls left per appid before WeChat answers 1400001 (quota
+        # exhausted); an appid not named here has no quota.
+        self.phone_quota: dict[str, int] = {}
         self._server_tokens: dict[str, tuple[str, float]] = {}  # token -> (appid, expires_at)
         self._current_token: dict[str, str] = {}  # appid -> its current token
         self.token_fetches: dict[str, int] = {}  # appid -> stable_token calls that succeeded
@@ -406,6 +409,15 @@ class WeChatEmulator:
                 or self.clock() >= entry.expires_at
             ):
                 return {"errcode": 40029, "errmsg": "invalid code"}
+            openid = body.get("openid") if isinstance(body, dict) else None
+            if openid is not None and openid != entry.openid:
+                # The code was issued to another user than the openid sent with it.
+                return {"errcode": 40003, "errmsg": "invalid openid"}
+            quota = self.phone_quota.get(entry.appid)
+            if quota is not None:
+                if quota <= 0:
+                    return {"errcode": 1400001, "errmsg": "quota exhausted"}
+                self.phone_quota[entry.appid] = quota - 1
             entry.used = True
         number = entry.session_key  # the phone number rides in the code record
         return {

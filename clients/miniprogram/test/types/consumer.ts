@@ -63,6 +63,25 @@ async function launch(): Promise<void> {
   void [token, id, status, fresh, confirmed, now, user];
 }
 
+// The fill-in components of today's WeChat, each fed to issuer.
+async function profile(event: { detail: { avatarUrl: string; code?: string; errMsg?: string } }) {
+  const named = await issuer.updateProfile({ nickname: '小明' });
+  const nickname: string | null = named.nickname;
+  const uploaded = await issuer.uploadAvatar(event.detail.avatarUrl);
+  const avatar: string | null = uploaded.avatar_url;
+  await issuer.updateProfile({ avatarUrl: 'https://example.com/a.png' });
+  const phone = await issuer.getPhoneNumber(event);
+  const number: string = phone.phone_number;
+  const everywhere: boolean = await issuer.logout({ everywhere: true });
+  await issuer.deleteAccount();
+  // @ts-expect-error the avatar field is avatarUrl
+  await issuer.updateProfile({ avatar_url: 'https://example.com/a.png' });
+  // @ts-expect-error uploadAvatar takes the temporary file's path
+  await issuer.uploadAvatar(new Uint8Array(1));
+  void [nickname, avatar, number, everywhere];
+}
+void profile;
+
 const unsubscribe: () => void = issuer.onAuthStateChange((event, detail) => {
   const seen: AuthChangeEvent = event;
   if (event === 'SIGNED_OUT' && detail.reason === 'session_ended') {
