@@ -79,6 +79,12 @@ Try the whole flow from another terminal:
   curl -s {url}/wechat/session -H "Authorization: Bearer $ACCESS"
   curl -s {url}/me -H "Authorization: Bearer $ACCESS"
 
+  # 8. The profile the user fills in: the nickname typed, the avatar chosen (re-encoded)
+  curl -s -X PATCH {url}/me -H "Authorization: Bearer $ACCESS" \\
+       -H "Content-Type: application/json" -d '{{"nickname": "Alice"}}'
+  curl -s {url}/_wechat/dev/avatar?user=alice | \\
+    curl -s {url}/me/avatar -H "Authorization: Bearer $ACCESS" -F file=@-
+
   # The public keys downstream services verify access tokens with
   curl -s {url}/.well-known/jwks.json
 """

@@ -119,6 +119,8 @@ def test_the_printed_walkthrough_works_when_pasted_into_bash(dev_server):
     assert '"phone_number":"138' in out
     assert '{"valid":true}' in out
     assert '"keys":[' in out
+    assert '"nickname":"Alice"' in out  # the fill-in, kept
+    assert re.search(r'"avatar_url":"http://127\.0\.0\.1:\d+/avatars/', out)  # re-encoded
     assert "error" not in out
 
 
@@ -146,6 +148,7 @@ def test_the_readme_curl_examples_for_the_other_endpoints_work(dev_server):
     assert "3.1.0\n" in result.stdout
     assert re.search(r"HTTP/1\.[01] 204", result.stdout)
     assert re.search(r"HTTP/1\.[01] 401", result.stdout)
+    assert result.stdout.rstrip().endswith("204")  # the account deleted
 
 
 def test_issuer_dev_logs_no_secret_or_code(tmp_path, wechat, wechat_url):

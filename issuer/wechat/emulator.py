@@ -2,8 +2,9 @@
 
 It plays both sides WeChat plays: the phone, under ``/dev/`` (``wx.login`` mints a one-time
 code for a chosen or random test user; ``phone-code`` what the phone-number button gives;
-``user-data`` the ``encryptedData`` that ``wx.getUserProfile`` returns, encrypted with the
-user's current ``session_key`` and watermarked for the app) and the server API
+``avatar`` the photo ``chooseAvatar`` gives; ``user-data`` the ``encryptedData`` that
+``wx.getUserProfile`` returns, encrypted with the user's current ``session_key`` and
+watermarked for the app) and the server API
 (``sns/jscode2session``, ``cgi-bin/stable_token``, ``wxa/business/getuserphonenumber``,
 ``wxa/checksession``) with WeChat's semantics: codes valid 5 minutes and once, server tokens
 valid 2 hours and the same one returned until then, the same errcodes, JSON labelled
@@ -250,6 +251,14 @@ class WeChatEmulator:
                 {"code": self.mint_phone_code(appid, user), "expires_in": int(CODE_LIFETIME)}
             )
 
+        @app.get("/dev/avatar")
+        def avatar() -> Response:
+            """What ``<button open-type="chooseAvatar">`` hands the mini-program: a photo (the
+            temporary file it then uploads with ``wx.uploadFile``), a JPEG whose colour
+            depends on ``user``."""
+            user = request.args.get("user", "")
+            return Response(sample_avatar(user), mimetype="image/jpeg")
+
         @app.post("/dev/user-data")
         def user_data() -> Response:
             fields = self._dev_fields()
@@ -444,6 +453,18 @@ class WeChatEmulator:
         if not hmac.compare_digest(expected, args.get("signature", "")):
             return {"errcode": 87009, "errmsg": "invalid signature"}
         return {"errcode": 0, "errmsg": "ok"}
+
+
+def sample_avatar(user: str) -> bytes:
+    """A 256 px JPEG of one colour, derived from ``user``: a stand-in for a chosen photo."""
+    import io
+
+    from PIL import Image  # only development mode and tests come here
+
+    red, green, blue = hashlib.sha256(user.encode()).digest()[:3]
+    buffer = io.BytesIO()
+    Image.new("RGB", (256, 256), (red, green, blue)).save(buffer, format="JPEG", quality=80)
+    return buffer.getvalue()
 
 
 def _json(body: Mapping[str, object], status: int = 200) -> Response:
