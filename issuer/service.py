@@ -136,6 +136,9 @@ class AuthService:
         code_hash = _code_hash(app.appid, code) if window > 0 else None
         if code_hash is not None and (replay := self._replay_login(code_hash)) is not None:
             return replay
+        # A wx.login code is good once: when no key could sign the answer (the key ring
+        # failed closed), refuse before WeChat spends it, so the client can retry with it.
+        self.keys()
         try:
             answer = self.wechat.code_to_session(app, code)
         except InvalidGrant:

@@ -629,10 +629,11 @@ def test_a_worker_that_cannot_read_the_key_ring_serves_no_key_until_it_can(
     # A revocation this process cannot read (here: a manifest it cannot parse) must not
     # leave it signing and verifying with the key it held.
     manifest.write_bytes(b"{not json")
+    bobs_code = wechat.mint_code(APPID, "bob")
     for answer in (
         me(client, token),
         client.post("/auth/refresh", json={"refresh_token": body["refresh_token"]}),
-        client.post("/auth/login", json={"code": wechat.mint_code(APPID, "bob")}),
+        client.post("/auth/login", json={"code": bobs_code}),
         client.get("/.well-known/jwks.json"),
     ):
         assert answer.status_code == 503
@@ -647,6 +648,8 @@ def test_a_worker_that_cannot_read_the_key_ring_serves_no_key_until_it_can(
     manifest.write_bytes(good)
     assert client.get("/readyz").status_code == 200
     assert me(client, token).status_code == 200
+    # The login refused meanwhile did not spend bob's one-time code at WeChat.
+    assert client.post("/auth/login", json={"code": bobs_code}).status_code == 200
 
 
 # -- data keys
