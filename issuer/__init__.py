@@ -92,7 +92,7 @@ def create_app(
         ring = keys()  # once: a rotation between two reads would mix two rings
         return ring.data_keys, ring.active_data_kid
 
-    sealer = LiveSealer(data_keys)
+    sealer = LiveSealer(data_keys, refresh=keys.fresh)
     service = AuthService(
         settings=settings,
         store=store,

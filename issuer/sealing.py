@@ -88,6 +88,10 @@ class Sealer:
     def active_kid(self) -> str:
         return self._active_kid
 
+    def knows(self, kid: str) -> bool:
+        """Whether this sealer holds the data key ``kid``."""
+        return kid in self._ciphers
+
     def seal(self, plaintext: bytes, aad: bytes) -> Sealed:
         nonce = os.urandom(NONCE_BYTES)
         blob = nonce + self._ciphers[self.active_kid].encrypt(nonce, plaintext, aad)
@@ -109,10 +113,20 @@ class LiveSealer:
     """A :class:`Sealer` that follows the data keys of the current key ring, so a data-key
     rotation made by any process is used here within seconds."""
 
-    def __init__(self, source: Callable[[], tuple[Mapping[str, bytes], str]]) -> None:
+    def __init__(
+        self,
+        source: Callable[[], tuple[Mapping[str, bytes], str]],
+        refresh: Callable[[], object] | None = None,
+    ) -> None:
         """:param source: returns (data keys by id, active id); the same mapping object for
-        as long as the keys do not change."""
+            as long as the keys do not change.
+        :param refresh: looks at the keys again now (the key directory's manifest), before a
+            value sealed with a key this process does not know yet is called unreadable: a
+            rotation made by another process is seen here within seconds, and a value that
+            process sealed with its new key may arrive first.
+        """
         self._source = source
+        self._refresh = refresh
         self._cached: tuple[Mapping[str, bytes], Sealer] | None = None
 
     def _current(self) -> Sealer:
@@ -131,4 +145,8 @@ class LiveSealer:
         return self._current().seal(plaintext, aad)
 
     def open(self, sealed: Sealed, aad: bytes) -> bytes:
-        return self._current().open(sealed, aad)
+        current = self._current()
+        if not current.knows(sealed.kid) and self._refresh is not None:
+            self._refresh()
+            current = self._current()
+        return current.open(sealed, aad)

@@ -652,6 +652,25 @@ def test_a_worker_that_cannot_read_the_key_ring_serves_no_key_until_it_can(
     assert client.post("/auth/login", json={"code": bobs_code}).status_code == 200
 
 
+def test_a_value_sealed_with_a_data_key_another_process_just_made_opens_here(
+    app_factory: Callable[..., Flask], wechat: WeChatEmulator, tmp_path: Path
+) -> None:
+    keys_dir = tmp_path / "shared-keys"
+    first = app_factory(keys_dir=str(keys_dir))
+    second = app_factory(keys_dir=str(keys_dir))  # another process on the same directory
+    # A data-key rotation that the first process has picked up and the second not yet (it
+    # looks at the manifest at most once a second).
+    KeyDirectory(keys_dir).add_data_key()
+    first.extensions["issuer"].keys.reload()
+    code = wechat.mint_code(APPID, "carol")
+    body = first.test_client().post("/auth/login", json={"code": code}).get_json()
+
+    answer = second.test_client().post(
+        "/auth/refresh", json={"refresh_token": body["refresh_token"]}
+    )
+    assert answer.status_code == 200, answer.get_json()
+
+
 # -- data keys
 
 
