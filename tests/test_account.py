@@ -173,7 +173,7 @@ def test_an_https_avatar_url_is_kept(
         "https://example.com:99999/a.png",
         "https://example.com/" + "a" * 1100,
         "wxfile://tmp_abc.jpg",
-        "http://issuer.test/avatars/" + "0" * 32,  # looks like ours, names nothing stored
+        "https://issuer.test/avatars/" + "0" * 32,  # looks like ours, names nothing stored
     ],
 )
 def test_a_bad_avatar_url_is_refused(
@@ -222,10 +222,10 @@ def test_an_avatar_uploaded_as_wx_upload_file_sends_it_is_served_without_exif(
     response = multipart(client, bearer(body), photo)
     assert response.status_code == 200, response.get_json()
     url = response.get_json()["avatar_url"]
-    assert url.startswith("http://issuer.test/avatars/")
+    assert url.startswith("https://issuer.test/avatars/")
     assert client.get("/me", headers=bearer(body)).get_json()["avatar_url"] == url
 
-    served = client.get(url.removeprefix("http://issuer.test"))
+    served = client.get(url.removeprefix("https://issuer.test"))
     assert served.status_code == 200
     assert served.mimetype == "image/webp"
     assert served.headers["Cache-Control"] == "public, max-age=31536000, immutable"
@@ -248,7 +248,7 @@ def test_an_avatar_answers_if_none_match_with_304(
 ) -> None:
     body = login("alice")
     url = multipart(client, bearer(body), png()).get_json()["avatar_url"]
-    path = url.removeprefix("http://issuer.test")
+    path = url.removeprefix("https://issuer.test")
     first = client.get(path)
     etag = first.headers["ETag"]
     again = client.get(path, headers={"If-None-Match": etag})
@@ -268,7 +268,7 @@ def test_a_raw_image_body_is_taken_and_keeps_its_transparency(
         "/me/avatar", headers=bearer(body), data=png((50, 20)), content_type="image/png"
     )
     assert response.status_code == 200, response.get_json()
-    served = client.get(response.get_json()["avatar_url"].removeprefix("http://issuer.test"))
+    served = client.get(response.get_json()["avatar_url"].removeprefix("https://issuer.test"))
     image = Image.open(io.BytesIO(served.data))
     assert image.size == (50, 20)  # small images are not enlarged
     assert image.mode == "RGBA"
@@ -281,8 +281,8 @@ def test_a_new_avatar_replaces_the_old_one(
     first = multipart(client, bearer(body), png((10, 10))).get_json()["avatar_url"]
     second = multipart(client, bearer(body), png((20, 20))).get_json()["avatar_url"]
     assert first != second
-    assert client.get(first.removeprefix("http://issuer.test")).status_code == 404
-    assert client.get(second.removeprefix("http://issuer.test")).status_code == 200
+    assert client.get(first.removeprefix("https://issuer.test")).status_code == 404
+    assert client.get(second.removeprefix("https://issuer.test")).status_code == 200
 
 
 def test_an_own_avatar_url_may_be_set_back_but_not_another_users(
@@ -506,7 +506,7 @@ def test_delete_me_removes_the_account_and_a_later_login_is_a_new_user(
         assert client.get("/me", headers=bearer(token)).status_code == 401
         refused = client.post("/auth/refresh", json={"refresh_token": token["refresh_token"]})
         assert refused.status_code == 400
-    assert client.get(avatar_url.removeprefix("http://issuer.test")).status_code == 404
+    assert client.get(avatar_url.removeprefix("https://issuer.test")).status_code == 404
     assert store.get_user(body["user_id"]) is None
     openid, _ = wechat.identity(APPID, "alice")
     assert store.get_identity(APPID, openid) is None
@@ -639,7 +639,7 @@ def test_an_avatar_may_be_put_as_well_as_posted(
     data, content_type = multipart_body(png())
     response = client.put("/me/avatar", headers=bearer(body), data=data, content_type=content_type)
     assert response.status_code == 200, response.get_json()
-    assert response.get_json()["avatar_url"].startswith("http://issuer.test/avatars/")
+    assert response.get_json()["avatar_url"].startswith("https://issuer.test/avatars/")
 
 
 def test_delete_zeroes_the_users_bytes_even_where_sqlite_would_not_by_default(

@@ -13,7 +13,7 @@ from flask.testing import FlaskClient
 
 from issuer.wechat.emulator import Fault, WeChatEmulator
 from tests.conftest import APPID
-from tests.test_metrics import scrape
+from tests.test_metrics import TOKEN, scrape
 
 PHONE = "/wechat/phone"
 GETUSERPHONENUMBER = "/wxa/business/getuserphonenumber"
@@ -103,7 +103,7 @@ def test_the_emulator_quota_counts_down(
 def test_metrics_count_phone_calls_by_outcome(
     app_factory: Callable[..., Flask], wechat: WeChatEmulator
 ) -> None:
-    client = app_factory(metrics=True).test_client()
+    client = app_factory(metrics=True, metrics_token=TOKEN).test_client()
     code = wechat.mint_code(APPID, "alice")
     alice = client.post("/auth/login", json={"code": code}).get_json()
     client.post(PHONE, headers=bearer(alice), json={"code": wechat.mint_phone_code(APPID, "alice")})
