@@ -400,6 +400,34 @@ def test_profile_and_phone(store: Store) -> None:
     )
 
 
+def test_get_profile_reads_session_user_and_phones_at_once(store: Store) -> None:
+    assert store.get_profile("no-such-session") is None
+    outcome, session = log_in(store, "o-lee", unionid="union-lee")
+    profile = store.get_profile(session.id)
+    assert profile is not None
+    assert profile.session == store.get_session(session.id)
+    assert profile.user == store.get_user(outcome.user.id)
+    assert profile.phones == ()  # no identity of the user holds a phone number yet
+    # A second identity of the same user (another app, joined by unionid) with a phone, and
+    # the first identity's own phone: both are there, whichever session asks.
+    log_in(store, "o-lee-2", appid=APP2, unionid="union-lee", now=NOW + 1)
+    phone2, phone1 = sealed(), sealed()
+    store.set_phone(APP2, "o-lee-2", phone2, "86", NOW + 2)
+    store.set_phone(APP1, "o-lee", phone1, "1", NOW + 3)
+    store.update_profile(outcome.user.id, "Lee", None)
+    profile = store.get_profile(session.id)
+    assert profile is not None
+    assert profile.user.nickname == "Lee"
+    assert sorted(profile.phones, key=lambda item: item.appid) == [
+        store.get_identity(APP1, "o-lee"),
+        store.get_identity(APP2, "o-lee-2"),
+    ]
+    store.revoke_session(session.id, NOW + 4)
+    ended = store.get_profile(session.id)
+    assert ended is not None
+    assert ended.session.revoked_at == NOW + 4
+
+
 def test_link_unionid_gives_a_free_unionid_and_leaves_a_different_one(store: Store) -> None:
     outcome, _ = log_in(store, "o-lea")
     assert store.link_unionid(APP1, "o-lea", "union-lea") == outcome.user.id

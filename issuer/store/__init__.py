@@ -95,6 +95,16 @@ class SealedRow:
 
 
 @dataclass(frozen=True)
+class Profile:
+    """What ``GET /me`` shows, read at once: a session, its user, and the user's identities
+    that hold a phone number."""
+
+    session: Session
+    user: User
+    phones: tuple[Identity, ...]
+
+
+@dataclass(frozen=True)
 class LoginOutcome:
     user: User
     is_new_user: bool
@@ -152,6 +162,11 @@ class Store(Protocol):
         ...
 
     def get_user(self, user_id: str) -> User | None: ...
+
+    def get_profile(self, sid: str) -> Profile | None:
+        """Session ``sid``, its user and the user's identities holding a phone number, in
+        one query (the read behind every ``GET /me``); None when there is no such session."""
+        ...
 
     def get_identity(self, appid: str, openid: str) -> Identity | None: ...
 
