@@ -56,7 +56,7 @@ def create_app(
         data_key=settings.data_key,
         clock=clock,
     )
-    store = open_store(settings.database_url)
+    store = open_store(settings.database_url, pool_size=settings.database_pool_size)
     try:
         store.migrate()
     except StoreUnavailable as error:

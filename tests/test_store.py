@@ -21,6 +21,7 @@ import psycopg
 import pytest
 
 import issuer.store.postgres as postgres_store
+from issuer.config import ConfigError, load_settings
 from issuer.sealing import Sealed
 from issuer.store import LoginOutcome, NewSession, SealedRow, Store, StoreUnavailable, open_store
 from issuer.store.postgres import PostgresStore
@@ -694,3 +695,32 @@ def test_terminated_connections_are_replaced(pg_url: str, postgres_server: Postg
         admin.execute("SELECT pg_terminate_backend(%s)", (before,))
     log_in(store, "o-uma")
     assert backend_pid(store) != before
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        ({}, 32),  # gunicorn.conf.py's default thread count
+        ({"ISSUER_THREADS": "12"}, 12),
+        ({"ISSUER_THREADS": "12", "ISSUER_DATABASE_POOL_SIZE": "3"}, 3),
+    ],
+)
+def test_the_pool_size_is_a_setting_defaulting_to_the_thread_count(
+    environ: dict[str, str], expected: int, pg_url: str
+) -> None:
+    settings = load_settings(environ={"ISSUER_ENV": "development", **environ})
+    assert settings.database_pool_size == expected
+    store = open_store(pg_url, pool_size=settings.database_pool_size)
+    assert isinstance(store, PostgresStore)
+    try:
+        store.ping()
+        assert store._pool().max_size == expected
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("name", ["ISSUER_DATABASE_POOL_SIZE", "ISSUER_THREADS"])
+def test_a_malformed_pool_size_stops_start_up_naming_the_setting(name: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_settings(environ={"ISSUER_ENV": "development", name: "many"})
+    assert name in str(raised.value)

@@ -239,12 +239,16 @@ class Store(Protocol):
         ...
 
 
-def open_store(database_url: str) -> Store:
-    """The backend for ``ISSUER_DATABASE_URL`` (already validated by the config)."""
+def open_store(database_url: str, *, pool_size: int | None = None) -> Store:
+    """The backend for ``ISSUER_DATABASE_URL`` (already validated by the config).
+
+    :param pool_size: PostgreSQL's connections per process (``ISSUER_DATABASE_POOL_SIZE``);
+        SQLite has no pool.
+    """
     if database_url.startswith(("postgresql://", "postgres://")):
         from .postgres import PostgresStore
 
-        return PostgresStore.from_url(database_url)
+        return PostgresStore.from_url(database_url, pool_size=pool_size)
     from .sqlite import SQLiteStore
 
     return SQLiteStore.from_url(database_url)
