@@ -195,3 +195,11 @@ def test_a_group_whose_commit_fails_answers_every_member_unavailable(
         holder.close()
     assert all(isinstance(outcome.get("error"), StoreUnavailable) for _, outcome in outcomes)
     assert marks(store.path) == set()
+
+
+def test_each_connection_keeps_a_small_page_cache(store: SQLiteStore) -> None:
+    """Every gunicorn thread holds a connection: SQLite's default 2 MB cache each would cost a
+    worker tens of MB of RSS."""
+    kib = store._run(lambda db: db.execute("PRAGMA cache_size").fetchone()[0], write=False)
+    assert kib == -sqlite_store.CACHE_KIB
+    assert sqlite_store.CACHE_KIB <= 512

@@ -55,6 +55,11 @@ MINIMUM_SQLITE = (3, 39)
 MAX_GROUP = 64
 # The file processes queue on for the write lock, beside the database.
 LOCK_SUFFIX = "-writer.lock"
+# Page cache per connection, KiB (SQLite's default is 2000). Every gunicorn thread holds a
+# connection, so SQLite's default costs a worker up to 64 MB at 32 threads (measured: 6 MB of
+# RSS per worker under the bench); pages past this come from the operating system's cache,
+# shared by every connection, and the top of each index stays cached.
+CACHE_KIB = 256
 
 
 class _Write:
@@ -123,6 +128,7 @@ class SQLiteStore(SQLStore):
             _use_wal(connection)
             connection.execute("PRAGMA synchronous=FULL")
             connection.execute("PRAGMA foreign_keys=ON")
+            connection.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
         except sqlite3.Error:
             connection.close()
             raise
