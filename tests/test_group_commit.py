@@ -25,6 +25,7 @@ import issuer.store.sqlite as sqlite_store
 from issuer.store import StoreUnavailable
 from issuer.store.sql import Executor
 from issuer.store.sqlite import SQLiteStore
+from tests.conftest import all_at_once
 
 WAIT = 10.0  # seconds any step may take before the test calls it hung
 QUEUED = 6
@@ -203,3 +204,38 @@ def test_each_connection_keeps_a_small_page_cache(store: SQLiteStore) -> None:
     kib = store._run(lambda db: db.execute("PRAGMA cache_size").fetchone()[0], write=False)
     assert kib == -sqlite_store.CACHE_KIB
     assert sqlite_store.CACHE_KIB <= 512
+
+
+def test_many_threads_of_writes_each_get_their_own_outcome(store: SQLiteStore) -> None:
+    """Sixteen threads writing at once, every seventh write failing: each success is in the
+    file, each failure is not, and every caller got its own answer."""
+    threads, per_thread = 16, 40
+
+    def write(name: str, fail: bool) -> Callable[[Executor], str]:
+        def work(db: Executor) -> str:
+            db.execute("INSERT INTO marks (name) VALUES (?)", (name,))
+            if fail:
+                raise LookupError(name)
+            return name
+
+        return work
+
+    def run(thread: int) -> list[tuple[str, bool]]:
+        seen = []
+        for number in range(per_thread):
+            name, fail = f"t{thread}-{number}", (thread * per_thread + number) % 7 == 0
+            try:
+                seen.append((store._run(write(name, fail), write=True), True))
+            except LookupError as error:
+                seen.append((str(error), False))
+        return seen
+
+    outcomes = all_at_once([lambda thread=thread: run(thread) for thread in range(threads)])
+    committed, failed = set(), set()
+    for thread, seen in enumerate(outcomes):
+        assert isinstance(seen, list), seen
+        assert [name for name, _ in seen] == [f"t{thread}-{n}" for n in range(per_thread)]
+        for name, ok in seen:
+            (committed if ok else failed).add(name)
+    assert len(failed) == len([n for n in range(threads * per_thread) if n % 7 == 0])
+    assert marks(store.path) == committed
