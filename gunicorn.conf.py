@@ -17,12 +17,16 @@ from issuer.web import metrics as _metrics
 
 bind = os.environ.get("ISSUER_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count()))
+# Chosen by measurement (make bench; docs/performance.md has the table): sync workers serve a
+# refresh or /me no faster here, and hold one request per process, so a WeChat answering in
+# 100 ms starves everything (17 logins/s at 64 connections instead of ~400); gevent would
+# need the SQLite driver and the group commit's waits made cooperative.
 worker_class = "gthread"
 # A request holds its thread while it waits on WeChat, so threads bound the logins in flight:
 # two workers x 32 keep 64 waiting at 100 ms each (640 a second) without /auth/refresh or /me
-# queueing behind them. A thread that waits needs no CPU; the price is memory: a thread that
-# reached the database holds its own SQLite connection, 0.35 MB and more as the database grows
-# (make bench reports the workers' RSS).
+# queueing behind them; 16 halve that bound, 64 add nothing measurable but memory. A thread
+# that waits needs no CPU; the price is memory: a thread that reached the database holds its
+# own SQLite connection (a 256 KiB page cache; make bench reports the workers' RSS).
 threads = int(os.environ.get("ISSUER_THREADS", "32"))
 preload_app = True
 timeout = 30

@@ -7,7 +7,9 @@ The schema is the store's own: an empty file is migrated with
 The cache file's name carries the schema version and a hash of the schema's SQL, so a
 migration added later, or a changed table, builds a new file instead of reusing a stale one.
 
-The filler rows look like issuer's: random ids of the same lengths, sealed blobs of the same
+The filler rows look like issuer's: the identities are the WeChat stand-in's test users
+0 .. users-1 (so the bench can log them in again, as returning users), random ids of the
+same lengths, sealed blobs of the same
 sizes (random bytes under a data-key id no key ring has: nothing ever opens them), sessions
 expiring 30 days after the build. Issuer's own sessions for the run are made by real logins.
 """
@@ -25,7 +27,12 @@ from pathlib import Path
 
 from issuer.store.sqlite import SQLiteStore
 
+from .wechat import identity
+
 BATCH = 50_000
+# The filler's identities are the WeChat stand-in's test users 0 .. users-1 (named in the
+# cache file's name: a file of random identities from before is not reused).
+IDENTITIES = "testusers"
 FILLER_KID = "bench-filler"
 SESSION_TTL = 30 * 86_400
 
@@ -51,7 +58,7 @@ def cached_database(
             store.migrate()
         finally:
             store.close()
-        final = cache_dir / f"issuer-{users}-users-{_schema_tag(building)}.db"
+        final = cache_dir / f"issuer-{users}-users-{IDENTITIES}-{_schema_tag(building)}.db"
         if final.exists():
             return final
         for stale in cache_dir.glob(f"issuer-{users}-users-*.db"):
@@ -109,9 +116,12 @@ def _rows(users: int, appid: str, now: float) -> Iterator[tuple[Rows, Rows, Rows
             for size in ROW_LAYOUT:
                 fields.append(bytes(pool[offset : offset + size]))
                 offset += size
-            user_bytes, open_bytes, union_bytes, session_key, sid_bytes, secret = fields
-            user_id, openid = "usr_" + _text(user_bytes), "o" + _text(open_bytes)[:27]
-            user_rows.append((user_id, "u" + _text(union_bytes)[:27], now))
+            user_bytes, _, _, session_key, sid_bytes, secret = fields
+            # Test user number n of the WeChat stand-in: a code minted for n logs in as a
+            # returning user of this database.
+            openid, unionid = identity(appid, start + row)
+            user_id = "usr_" + _text(user_bytes)
+            user_rows.append((user_id, unionid, now))
             identity_rows.append((appid, openid, user_id, session_key, FILLER_KID, now, now))
             session_rows.append(
                 (

@@ -23,8 +23,11 @@ from .wechat import HOST
 ROOT = Path(__file__).resolve().parent.parent
 GUNICORN_CONF = ROOT / "gunicorn.conf.py"
 WORKERS = 2
+# gunicorn's command line wins over its config file: the sync-worker floor's settings.
+SYNC_WORKERS = ("--worker-class", "sync", "--threads", "1")
 REQUEST_TIMEOUT = 10.0
 APPID = "wx1111111111111111"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -71,13 +74,21 @@ class Gunicorn:
     """A real gunicorn master with the repo's ``gunicorn.conf.py`` and :func:`server_env`."""
 
     def __init__(
-        self, name: str, app: str, *, env: dict[str, str], ready_path: str, log_path: Path
+        self,
+        name: str,
+        app: str,
+        *,
+        env: dict[str, str],
+        ready_path: str,
+        log_path: Path,
+        argv: tuple[str, ...] = (),
     ) -> None:
         self.name = name
         self.port = free_port()
         self.ready_path = ready_path
         self.log_path = log_path
-        self.argv = [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF), app]
+        self.env_given = env
+        self.argv = [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF), *argv, app]
         self.env = {**server_env(env), "ISSUER_BIND": f"{HOST}:{self.port}"}
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -125,6 +136,17 @@ class Gunicorn:
     def worker_pids(self) -> list[int]:
         assert self.process is not None
         return children_of(self.process.pid)
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU so far of the master and its workers (live ones: a worker that
+        exited takes its time with it, which a run without restarts never sees)."""
+        assert self.process is not None
+        total = 0.0
+        for pid in (self.process.pid, *self.worker_pids()):
+            with contextlib.suppress(OSError, ValueError):
+                fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+                total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        return total
 
     def worker_rss_mb(self) -> dict[int, float]:
         """VmRSS in MB of each worker (the master's children), by pid."""

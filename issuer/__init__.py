@@ -71,7 +71,7 @@ def create_app(
     for warning in settings.warnings:
         app.logger.warning(warning)
 
-    store = open_store(settings.database_url)
+    store = open_store(settings.database_url, pool_size=settings.database_pool_size)
     try:
         store.migrate()
         keys = open_key_ring(settings, store, clock)

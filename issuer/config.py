@@ -27,6 +27,8 @@ import redis
 from .errors import StartupError
 
 PREFIX = "ISSUER_"
+# gunicorn.conf.py's default for ISSUER_THREADS.
+DEFAULT_THREADS = 32
 SIGNING_ALGORITHMS = ("ES256", "RS256", "EdDSA")
 APP_KINDS = ("miniprogram", "officialaccount")
 ENVIRONMENTS = ("production", "development")
@@ -95,6 +97,9 @@ class Settings:
     emulate_wechat: bool
     # Unknown ISSUER_* variables: reported in the log once logging is set up.
     warnings: tuple[str, ...] = ()
+    # PostgreSQL connections per process: by default one per gunicorn thread, so no request
+    # thread ever waits for a connection another thread holds.
+    database_pool_size: int = DEFAULT_THREADS
 
     @property
     def development(self) -> bool:
@@ -307,6 +312,7 @@ SETTINGS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "url": (_http_url, "http://127.0.0.1:8000"),
     "audience": (_text, None),
     "database_url": (_database_url, "sqlite:///instance/issuer.db"),
+    "database_pool_size": (_whole(1, 1000), None),
     "keys_dir": (_text, "keys"),
     "signing_alg": (_choice(*SIGNING_ALGORITHMS), "ES256"),
     "access_token_ttl": (_whole(1, 86_400), 900),
@@ -336,7 +342,7 @@ SETTINGS: dict[str, tuple[Callable[[Any], Any], Any]] = {
 }
 # Read from the environment only: it names the file, so the file cannot set it.
 CONFIG_FILE_VARIABLE = PREFIX + "CONFIG"
-# Read by gunicorn.conf.py, not by the app.
+# Read by gunicorn.conf.py (the app reads ISSUER_THREADS only as the pool size's default).
 DEPLOYMENT_VARIABLES = frozenset({PREFIX + "BIND", PREFIX + "THREADS"})
 
 
@@ -449,6 +455,8 @@ def load_settings(
         )
 
     values["audience"] = values["audience"] or values["url"]
+    if values["database_pool_size"] is None:
+        values["database_pool_size"] = _threads(environ)
     values["keys_dir"] = Path(values["keys_dir"])
     return Settings(**values, apps=tuple(apps), emulate_wechat=emulate, warnings=tuple(warnings))
 
@@ -468,6 +476,18 @@ def _check_production_url(url: str, *, given: bool) -> None:
             f"must be https:// in production; http:// is taken for loopback hosts only, not "
             f"{parts.hostname!r}",
         )
+
+
+def _threads(environ: Mapping[str, str]) -> int:
+    """The threads of a gunicorn worker (``ISSUER_THREADS``, read by gunicorn.conf.py)."""
+    value = environ.get(PREFIX + "THREADS")
+    if value is None:
+        return DEFAULT_THREADS
+    try:
+        threads: int = _whole(1, 1000)(value)
+    except ValueError as error:
+        raise ConfigError(PREFIX + "THREADS", str(error)) from None
+    return threads
 
 
 def _read_toml(path: str) -> dict[str, Any]:

@@ -10,8 +10,10 @@ request URLs, and the jscode2session URL carries the app secret) are turned off 
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
+import os
 import re
 import secrets
 import sys
@@ -34,7 +36,27 @@ def request_id_from(header: str | None) -> str:
     """The client's ``X-Request-ID`` when it is safe to echo, else a fresh one."""
     if header and REQUEST_ID_PATTERN.fullmatch(header):
         return header
-    return secrets.token_hex(8)
+    return _fresh_ids.next()
+
+
+class _RequestIds:
+    """Fresh request ids: unique, not secret (they are echoed to the client and logged), so
+    a random prefix per process and a counter serve -- no system call per request. The
+    prefix is drawn again in a forked child, which must not repeat its parent's ids."""
+
+    def __init__(self) -> None:
+        self._pid = -1
+        self._prefix = ""
+        self._counter = itertools.count()
+
+    def next(self) -> str:
+        if self._pid != os.getpid():
+            self._prefix, self._counter = secrets.token_hex(4), itertools.count()
+            self._pid = os.getpid()
+        return f"{self._prefix}{next(self._counter):08x}"
+
+
+_fresh_ids = _RequestIds()
 
 
 def current_request_id() -> str | None:
@@ -53,10 +75,22 @@ class RequestIdFilter(logging.Filter):
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, request id, extras."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        # (second, its formatted date and time): one strftime per second, not per line.
+        self._second: tuple[int, str] = (-1, "")
+
+    def _time(self, record: logging.LogRecord) -> str:
+        second = int(record.created)
+        cached = self._second
+        if cached[0] != second:
+            cached = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+            self._second = cached  # one assignment: threads may race here harmlessly
+        return f"{cached[1]}.{int(record.msecs):03d}Z"
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "time": self._time(record),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
@@ -64,9 +98,10 @@ class JsonFormatter(logging.Formatter):
         request_id = getattr(record, "request_id", None)
         if request_id:
             entry["request_id"] = request_id
+        fields = record.__dict__
         for name in ACCESS_FIELDS:
-            if hasattr(record, name):
-                entry[name] = getattr(record, name)
+            if name in fields:
+                entry[name] = fields[name]
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)

@@ -400,10 +400,10 @@ def test_error_responses_match(client, wechat):
 def test_server_error_matches(app, client, wechat, monkeypatch):
     pair = client.post("/auth/login", json={"code": wechat.mint_code(APPID, "ursula")}).get_json()
 
-    def fail(caller):
+    def fail(access_token):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(app.extensions["issuer"], "profile", fail)
+    monkeypatch.setattr(app.extensions["issuer"], "me", fail)
     response = client.get("/me", headers=bearer(pair["access_token"]))
     assert response.status_code == 500
     assert response.get_json()["request_id"] == response.headers["X-Request-ID"]

@@ -21,6 +21,7 @@ import psycopg
 import pytest
 
 import issuer.store.postgres as postgres_store
+from issuer.config import ConfigError, load_settings
 from issuer.sealing import Sealed
 from issuer.store import LoginOutcome, NewSession, SealedRow, Store, StoreUnavailable, open_store
 from issuer.store.postgres import PostgresStore
@@ -400,6 +401,34 @@ def test_profile_and_phone(store: Store) -> None:
     )
 
 
+def test_get_profile_reads_session_user_and_phones_at_once(store: Store) -> None:
+    assert store.get_profile("no-such-session") is None
+    outcome, session = log_in(store, "o-lee", unionid="union-lee")
+    profile = store.get_profile(session.id)
+    assert profile is not None
+    assert profile.session == store.get_session(session.id)
+    assert profile.user == store.get_user(outcome.user.id)
+    assert profile.phones == ()  # no identity of the user holds a phone number yet
+    # A second identity of the same user (another app, joined by unionid) with a phone, and
+    # the first identity's own phone: both are there, whichever session asks.
+    log_in(store, "o-lee-2", appid=APP2, unionid="union-lee", now=NOW + 1)
+    phone2, phone1 = sealed(), sealed()
+    store.set_phone(APP2, "o-lee-2", phone2, "86", NOW + 2)
+    store.set_phone(APP1, "o-lee", phone1, "1", NOW + 3)
+    store.update_profile(outcome.user.id, "Lee", None)
+    profile = store.get_profile(session.id)
+    assert profile is not None
+    assert profile.user.nickname == "Lee"
+    assert sorted(profile.phones, key=lambda item: item.appid) == [
+        store.get_identity(APP1, "o-lee"),
+        store.get_identity(APP2, "o-lee-2"),
+    ]
+    store.revoke_session(session.id, NOW + 4)
+    ended = store.get_profile(session.id)
+    assert ended is not None
+    assert ended.session.revoked_at == NOW + 4
+
+
 def test_link_unionid_gives_a_free_unionid_and_leaves_a_different_one(store: Store) -> None:
     outcome, _ = log_in(store, "o-lea")
     assert store.link_unionid(APP1, "o-lea", "union-lea") == outcome.user.id
@@ -666,3 +695,32 @@ def test_terminated_connections_are_replaced(pg_url: str, postgres_server: Postg
         admin.execute("SELECT pg_terminate_backend(%s)", (before,))
     log_in(store, "o-uma")
     assert backend_pid(store) != before
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        ({}, 32),  # gunicorn.conf.py's default thread count
+        ({"ISSUER_THREADS": "12"}, 12),
+        ({"ISSUER_THREADS": "12", "ISSUER_DATABASE_POOL_SIZE": "3"}, 3),
+    ],
+)
+def test_the_pool_size_is_a_setting_defaulting_to_the_thread_count(
+    environ: dict[str, str], expected: int, pg_url: str
+) -> None:
+    settings = load_settings(environ={"ISSUER_ENV": "development", **environ})
+    assert settings.database_pool_size == expected
+    store = open_store(pg_url, pool_size=settings.database_pool_size)
+    assert isinstance(store, PostgresStore)
+    try:
+        store.ping()
+        assert store._pool().max_size == expected
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("name", ["ISSUER_DATABASE_POOL_SIZE", "ISSUER_THREADS"])
+def test_a_malformed_pool_size_stops_start_up_naming_the_setting(name: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_settings(environ={"ISSUER_ENV": "development", name: "many"})
+    assert name in str(raised.value)

@@ -95,6 +95,16 @@ class SealedRow:
 
 
 @dataclass(frozen=True)
+class Profile:
+    """What ``GET /me`` shows, read at once: a session, its user, and the user's identities
+    that hold a phone number."""
+
+    session: Session
+    user: User
+    phones: tuple[Identity, ...]
+
+
+@dataclass(frozen=True)
 class LoginOutcome:
     user: User
     is_new_user: bool
@@ -170,6 +180,11 @@ class Store(Protocol):
         ...
 
     def get_user(self, user_id: str) -> User | None: ...
+
+    def get_profile(self, sid: str) -> Profile | None:
+        """Session ``sid``, its user and the user's identities holding a phone number, in
+        one query (the read behind every ``GET /me``); None when there is no such session."""
+        ...
 
     def get_identity(self, appid: str, openid: str) -> Identity | None: ...
 
@@ -287,12 +302,16 @@ class Store(Protocol):
         ...
 
 
-def open_store(database_url: str) -> Store:
-    """The backend for ``ISSUER_DATABASE_URL`` (already validated by the config)."""
+def open_store(database_url: str, *, pool_size: int | None = None) -> Store:
+    """The backend for ``ISSUER_DATABASE_URL`` (already validated by the config).
+
+    :param pool_size: PostgreSQL's connections per process (``ISSUER_DATABASE_POOL_SIZE``);
+        SQLite has no pool.
+    """
     if database_url.startswith(("postgresql://", "postgres://")):
         from .postgres import PostgresStore
 
-        return PostgresStore.from_url(database_url)
+        return PostgresStore.from_url(database_url, pool_size=pool_size)
     from .sqlite import SQLiteStore
 
     return SQLiteStore.from_url(database_url)

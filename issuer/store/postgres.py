@@ -54,9 +54,12 @@ from .sql import Conflict, Cursor, Executor, SQLStore
 
 T = TypeVar("T")
 
-# A process holds at most this many connections. A thread borrows one only for a transaction
-# or a read (never while it waits on WeChat), so 8 serve a worker's 32 threads; a fleet needs
-# hosts x workers x POOL_MAX_SIZE of the server's max_connections (100 by default).
+# A process holds at most this many connections unless told otherwise: the app passes
+# ISSUER_DATABASE_POOL_SIZE, by default its thread count (ISSUER_THREADS), so no request
+# thread waits for a connection another holds. A thread borrows one only for a transaction
+# or a read (never while it waits on WeChat), so the pool fills only as far as requests
+# really overlap; a fleet needs hosts x workers x the pool size of the server's
+# max_connections (100 by default): lower the setting for large fleets.
 POOL_MAX_SIZE = 8
 # Kept open while idle, so a quiet worker answers its next request without a handshake.
 POOL_MIN_SIZE = 1
@@ -152,8 +155,9 @@ class PostgresStore(SQLStore):
         "without_rowid": "",
     }
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, pool_size: int | None = None) -> None:
         self._params = parse_url(url)
+        self.pool_size = pool_size
         self._passwords = url_passwords(url, self._params)
         self._lock = threading.Lock()
         self._pool_in_use: ConnectionPool[psycopg.Connection[Any]] | None = None
@@ -164,8 +168,8 @@ class PostgresStore(SQLStore):
         _track(self)
 
     @classmethod
-    def from_url(cls, url: str) -> PostgresStore:
-        return cls(url)
+    def from_url(cls, url: str, *, pool_size: int | None = None) -> PostgresStore:
+        return cls(url, pool_size=pool_size)
 
     def __repr__(self) -> str:
         where = {key: self._params.get(key) for key in ("host", "port", "dbname")}
@@ -196,8 +200,8 @@ class PostgresStore(SQLStore):
             if self._pool_in_use is None:
                 pool = ConnectionPool(
                     kwargs={"autocommit": True, **self._connect_params(statement_timeout=True)},
-                    min_size=POOL_MIN_SIZE,
-                    max_size=POOL_MAX_SIZE,
+                    min_size=min(POOL_MIN_SIZE, self.pool_size or POOL_MAX_SIZE),
+                    max_size=self.pool_size or POOL_MAX_SIZE,
                     timeout=POOL_TIMEOUT_SECONDS,
                     reconnect_timeout=RECONNECT_TIMEOUT_SECONDS,
                     # A round trip before a connection is handed out: after a database

@@ -34,6 +34,7 @@ from . import (
     Identity,
     LoginOutcome,
     NewSession,
+    Profile,
     SealedRow,
     ServerToken,
     Session,
@@ -157,6 +158,20 @@ SELECT_IDENTITY = """SELECT appid, openid, user_id, session_key, session_key_kid
 SELECT_SESSION = """SELECT s.id, s.user_id, s.appid, s.openid, u.unionid, s.secret,
     s.secret_kid, s.counter, s.rotated_at, s.created_at, s.expires_at, s.revoked_at
     FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.id = ?"""
+
+
+# A session, its user, and (LEFT JOIN) each identity of the user that holds a phone number:
+# one row per such identity, or one row with NULLs in its place.
+SELECT_PROFILE = """SELECT s.id, s.user_id, s.appid, s.openid, u.unionid, s.secret,
+    s.secret_kid, s.counter, s.rotated_at, s.created_at, s.expires_at, s.revoked_at,
+    u.id, u.unionid, u.created_at, u.nickname, u.avatar_url, u.merged_into,
+    i.appid, i.openid, i.user_id, i.session_key, i.session_key_kid, i.created_at,
+    i.session_key_updated_at, i.phone, i.phone_kid, i.country_code, i.phone_updated_at
+    FROM sessions s JOIN users u ON u.id = s.user_id
+    LEFT JOIN identities i ON i.user_id = s.user_id AND i.phone IS NOT NULL
+    WHERE s.id = ?"""
+SESSION_COLUMNS = 12
+USER_COLUMNS = 6
 
 
 class Conflict(Exception):
@@ -350,22 +365,18 @@ class SQLStore(ABC):
 
     def get_session(self, sid: str) -> Session | None:
         row = self._one(SELECT_SESSION, sid)
-        if row is None:
+        return None if row is None else _session(row)
+
+    def get_profile(self, sid: str) -> Profile | None:
+        rows = self._all(SELECT_PROFILE, sid)
+        if not rows:
             return None
-        (id_, user_id, appid, openid, unionid, secret, secret_kid, counter, rotated_at,
-         created_at, expires_at, revoked_at) = row  # fmt: skip
-        return Session(
-            id=id_,
-            user_id=user_id,
-            appid=appid,
-            openid=openid,
-            unionid=unionid,
-            secret=Sealed(secret_kid, bytes(secret)),
-            counter=counter,
-            rotated_at=rotated_at,
-            created_at=created_at,
-            expires_at=expires_at,
-            revoked_at=revoked_at,
+        first = rows[0]
+        user_end = SESSION_COLUMNS + USER_COLUMNS
+        return Profile(
+            session=_session(first[:SESSION_COLUMNS]),
+            user=User(*first[SESSION_COLUMNS:user_end]),
+            phones=tuple(_identity(row[user_end:]) for row in rows if row[user_end] is not None),
         )
 
     def advance_session(self, sid: str, counter: int, now: float) -> bool:
@@ -666,6 +677,24 @@ class SQLStore(ABC):
 
     def drop_data_key_check(self, kid: str) -> None:
         self._write(lambda db: db.execute("DELETE FROM data_key_checks WHERE kid = ?", (kid,)))
+
+
+def _session(row: Sequence[Any]) -> Session:
+    (id_, user_id, appid, openid, unionid, secret, secret_kid, counter, rotated_at,
+     created_at, expires_at, revoked_at) = row  # fmt: skip
+    return Session(
+        id=id_,
+        user_id=user_id,
+        appid=appid,
+        openid=openid,
+        unionid=unionid,
+        secret=Sealed(secret_kid, bytes(secret)),
+        counter=counter,
+        rotated_at=rotated_at,
+        created_at=created_at,
+        expires_at=expires_at,
+        revoked_at=revoked_at,
+    )
 
 
 def _identity(row: Sequence[Any]) -> Identity:
