@@ -252,6 +252,22 @@ def live_server(app: Flask) -> Iterator[str]:
 
 
 @pytest.fixture
+def self_named_server(app_factory: Callable[..., Flask]) -> Iterator[str]:
+    """A live issuer whose ``ISSUER_URL`` is its own loopback address, as in production: the
+    ``iss`` of its tokens and the endpoints its discovery document names are what a client
+    reaches."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = make_server("127.0.0.1", port, app_factory(url=url), threaded=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02})
+    thread.start()
+    yield url
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+@pytest.fixture
 def dev_server(tmp_path: Path, session_keys_dir: Path) -> Iterator[str]:
     """A development-mode issuer (embedded WeChat emulator) on a real loopback port."""
     port = free_port()

@@ -8,8 +8,6 @@ requests such libraries send: ``token`` + ``token_type_hint``.
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
 from typing import Any
 
 import jwt
@@ -18,11 +16,9 @@ import requests
 from authlib.integrations.requests_client import OAuth2Session
 from authlib.oauth2.rfc8414 import AuthorizationServerMetadata
 from flask.testing import FlaskClient
-from werkzeug.serving import make_server
 
 from issuer.wechat.emulator import WeChatEmulator
 from tests.conftest import APPID
-from tests.processes import free_port
 
 TIMEOUT = 10  # seconds, for every request to the live server
 
@@ -132,20 +128,11 @@ def test_a_revocation_without_a_token_is_invalid_request(client, form):
 
 
 @pytest.fixture
-def issuer_url(app_factory, monkeypatch) -> Iterator[str]:
-    """A live issuer whose ``ISSUER_URL`` is its own address, so the endpoints its
-    discovery document advertises are the ones a client reaches."""
+def issuer_url(self_named_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A live issuer whose discovery document advertises the endpoints a client reaches."""
     # Authlib insists on https; its documented switch for a loopback test server.
     monkeypatch.setenv("AUTHLIB_INSECURE_TRANSPORT", "1")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    server = make_server("127.0.0.1", port, app_factory(url=url), threaded=True)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02})
-    thread.start()
-    yield url
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    return self_named_server
 
 
 def discover(url: str) -> dict[str, Any]:
