@@ -10,8 +10,10 @@ migration added later, or a changed table, builds a new file instead of reusing 
 The filler rows look like issuer's: the identities are the WeChat stand-in's test users
 0 .. users-1 (so the bench can log them in again, as returning users), random ids of the
 same lengths, sealed blobs of the same
-sizes (random bytes under a data-key id no key ring has: nothing ever opens them), sessions
-expiring 30 days after the build. Issuer's own sessions for the run are made by real logins.
+sizes (random bytes under the id of :data:`FILLER_DATA_KEY`, a fixed key the bench hands the
+issuer that serves this file: issuer refuses to start on data sealed with keys it lacks, and
+nothing ever opens these blobs), sessions expiring 30 days after the build. Issuer's own
+sessions for the run are made by real logins.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from issuer.keys.ring import data_key_id
 from issuer.store.sqlite import SQLiteStore
 
 from .wechat import identity
@@ -32,8 +35,10 @@ from .wechat import identity
 BATCH = 50_000
 # The filler's identities are the WeChat stand-in's test users 0 .. users-1 (named in the
 # cache file's name: a file of random identities from before is not reused).
-IDENTITIES = "testusers"
-FILLER_KID = "bench-filler"
+IDENTITIES = "testusers-keyed"
+# Not a secret: it seals only random filler, in a file outside the repository.
+FILLER_DATA_KEY = hashlib.sha256(b"issuer bench filler data key").digest()
+FILLER_KID = data_key_id(FILLER_DATA_KEY)
 SESSION_TTL = 30 * 86_400
 
 

@@ -34,6 +34,7 @@ directory, named at the end.
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import json
 import os
@@ -51,7 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .bigdb import cached_database, default_cache_dir
+from .bigdb import FILLER_DATA_KEY, cached_database, default_cache_dir
 from .servers import (
     APPID,
     GUNICORN_CONF,
@@ -810,7 +811,11 @@ def run(
         servers["issuer-1m"] = Gunicorn(
             "issuer-1m",
             "wsgi:app",
-            env=issuer_env(work, "issuer-1m", wechat.url, secret, big),
+            env={
+                **issuer_env(work, "issuer-1m", wechat.url, secret, big),
+                # The key the filler rows name: without it, issuer rightly refuses the file.
+                "ISSUER_DATA_KEY": base64.b64encode(FILLER_DATA_KEY).decode(),
+            },
             ready_path="/readyz",
             log_path=work / "issuer-1m.log",
         )
