@@ -808,6 +808,12 @@ def run(
         )
     }
     if big is not None:
+        # Issuer starts beside a database that holds sealed data only with the keys that
+        # sealed it: the filler's data key (above) and signing keys, here the first issuer's,
+        # copied once it has made them.
+        on_exit(servers["issuer"].stop)
+        servers["issuer"].start().wait_ready()
+        shutil.copytree(work / "issuer-keys", work / "issuer-1m-keys", ignore=_worker_reports)
         servers["issuer-1m"] = Gunicorn(
             "issuer-1m",
             "wsgi:app",
@@ -820,8 +826,9 @@ def run(
             log_path=work / "issuer-1m.log",
         )
     for server in servers.values():
-        on_exit(server.stop)
-        server.start()
+        if server.process is None:  # not started above
+            on_exit(server.stop)
+            server.start()
     for server in servers.values():
         server.wait_ready()
 
@@ -902,3 +909,8 @@ def run(
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _worker_reports(folder: str, names: list[str]) -> list[str]:
+    """What a copy of a key directory leaves out: the reports of the processes serving it."""
+    return ["workers"] if "workers" in names else []
