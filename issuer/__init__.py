@@ -162,7 +162,10 @@ def _mount_emulator(app: Flask, settings: Settings) -> None:
 
     if not settings.development:
         raise ConfigError("ISSUER_ENV", "the WeChat emulator never runs in production")
-    emulator = WeChatEmulator({item.appid: item.secret for item in settings.apps})
+    emulator = WeChatEmulator(
+        {item.appid: item.secret for item in settings.apps},
+        official_accounts=[item.appid for item in settings.apps if item.kind == "officialaccount"],
+    )
     app.extensions["issuer.emulator"] = emulator
     app.wsgi_app = DispatcherMiddleware(  # type: ignore[method-assign]
         app.wsgi_app, {"/_wechat": emulator.app}

@@ -24,7 +24,7 @@ import secrets
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives import padding
@@ -80,9 +80,14 @@ class WeChatEmulator:
         *,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
+        official_accounts: Iterable[str] = (),
     ) -> None:
-        """:param apps: appid -> secret of the apps it knows."""
+        """:param apps: appid -> secret of the apps it knows.
+        :param official_accounts: which of them are official accounts (web login's H5 pages):
+            ``wx.login`` without an appid picks the one mini-program among the others.
+        """
         self.apps = dict(apps)
+        self.official_accounts = frozenset(official_accounts)
         self.clock = clock
         self.sleep = sleep
         self.calls: list[str] = []  # API paths called, in order (for tests)
@@ -271,7 +276,7 @@ class WeChatEmulator:
         def wx_login() -> Response:
             body = request.get_json(silent=True)
             fields = body if isinstance(body, dict) else (request.form or request.args)
-            appid = fields.get("appid") or (next(iter(self.apps)) if len(self.apps) == 1 else "")
+            appid = fields.get("appid") or self._only_miniprogram()
             user = fields.get("user") or None
             union = fields.get("unionid", True)
             if (
@@ -291,10 +296,15 @@ class WeChatEmulator:
 
         return app
 
+    def _only_miniprogram(self) -> str:
+        """The appid ``wx.login`` means when none is given: the one mini-program, or ""."""
+        miniprograms = [appid for appid in self.apps if appid not in self.official_accounts]
+        return miniprograms[0] if len(miniprograms) == 1 else ""
+
     def _dev_fields(self) -> tuple[str, str | None] | Response:
         body = request.get_json(silent=True)
         fields = body if isinstance(body, dict) else request.values
-        appid = fields.get("appid") or (next(iter(self.apps)) if len(self.apps) == 1 else "")
+        appid = fields.get("appid") or self._only_miniprogram()
         user = fields.get("user") or None
         if not isinstance(appid, str) or not isinstance(user, str | None):
             return _json({"errcode": 40097, "errmsg": "invalid args"}, status=400)
