@@ -41,6 +41,8 @@ from . import (
     StoreUnavailable,
     User,
 )
+from .weblogin import MIGRATION as WEB_LOGIN_MIGRATION
+from .weblogin import WebLoginRows
 
 T = TypeVar("T")
 
@@ -133,6 +135,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX avatars_user ON avatars(user_id)",
         "CREATE INDEX login_codes_session ON login_codes(session_id)",
     ),
+    WEB_LOGIN_MIGRATION,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -155,8 +158,8 @@ SELECT_USER = "SELECT id, unionid, created_at, nickname, avatar_url, merged_into
 SELECT_IDENTITY = """SELECT appid, openid, user_id, session_key, session_key_kid, created_at,
     session_key_updated_at, phone, phone_kid, country_code, phone_updated_at FROM identities"""
 SELECT_SESSION = """SELECT s.id, s.user_id, s.appid, s.openid, u.unionid, s.secret,
-    s.secret_kid, s.counter, s.rotated_at, s.created_at, s.expires_at, s.revoked_at
-    FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.id = ?"""
+    s.secret_kid, s.counter, s.rotated_at, s.created_at, s.expires_at, s.revoked_at,
+    s.client_id FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.id = ?"""
 
 
 class Conflict(Exception):
@@ -187,7 +190,7 @@ def new_user_id() -> str:
     return "usr_" + secrets.token_urlsafe(16)
 
 
-class SQLStore(ABC):
+class SQLStore(WebLoginRows, ABC):
     """Every :class:`issuer.store.Store` method on top of a dialect's four primitives."""
 
     # Column types the migration templates name, in this dialect's spelling.
@@ -272,6 +275,7 @@ class SQLStore(ABC):
         now: float,
         code_hash: str | None = None,
         forget_codes_before: float | None = None,
+        client_id: str | None = None,
     ) -> LoginOutcome:
         def work(db: Executor) -> LoginOutcome:
             # Update first, read the owner from the same statement: the row lock it takes
@@ -311,8 +315,8 @@ class SQLStore(ABC):
                 )
             db.execute(
                 """INSERT INTO sessions (id, user_id, appid, openid, secret, secret_kid,
-                counter, rotated_at, created_at, expires_at)
-                VALUES (?, ?, ?, ?, ?, ?, 0, NULL, ?, ?)""",
+                counter, rotated_at, created_at, expires_at, client_id)
+                VALUES (?, ?, ?, ?, ?, ?, 0, NULL, ?, ?, ?)""",
                 (
                     session.id,
                     user_id,
@@ -322,6 +326,7 @@ class SQLStore(ABC):
                     session.secret.kid,
                     now,
                     session.expires_at,
+                    client_id,
                 ),
             )
             if forget_codes_before is not None:
@@ -353,7 +358,7 @@ class SQLStore(ABC):
         if row is None:
             return None
         (id_, user_id, appid, openid, unionid, secret, secret_kid, counter, rotated_at,
-         created_at, expires_at, revoked_at) = row  # fmt: skip
+         created_at, expires_at, revoked_at, client_id) = row  # fmt: skip
         return Session(
             id=id_,
             user_id=user_id,
@@ -366,6 +371,7 @@ class SQLStore(ABC):
             created_at=created_at,
             expires_at=expires_at,
             revoked_at=revoked_at,
+            client_id=client_id,
         )
 
     def advance_session(self, sid: str, counter: int, now: float) -> bool:
