@@ -94,9 +94,20 @@ def create_app(
     )
 
     from .web import http, ratelimit, views
+    from .web.weblogin import weblogin
+    from .weblogin import WebLogin
+
+    app.extensions["issuer.weblogin"] = WebLogin(service, lambda: keys().data_keys)
 
     http.install(app, observe=metrics.observe_request if metrics else None)
-    for blueprint in (views.auth, views.api, views.wechat_data, views.discovery, views.health):
+    for blueprint in (
+        views.auth,
+        views.api,
+        views.wechat_data,
+        views.discovery,
+        views.health,
+        weblogin,
+    ):
         app.register_blueprint(blueprint)
     ratelimit.install(app, settings)  # per client IP and user; shared through Redis
     wechat.budget = ratelimit.limits_of(app).hit_app  # per app, before WeChat's quota

@@ -158,6 +158,10 @@ def install(app: Flask, settings: Settings) -> Limiter:
         "auth.refresh": settings.ratelimit_refresh,
         "api.me": settings.ratelimit_me,
         **dict.fromkeys(WECHAT_ENDPOINTS, settings.ratelimit_wechat),
+        # Web login: each authorize and callback calls WeChat or writes, like a login.
+        "weblogin.authorize": settings.ratelimit_login,
+        "weblogin.callback": settings.ratelimit_login,
+        "weblogin.token": settings.ratelimit_refresh,
     }
 
     @limiter.request_filter

@@ -1,0 +1,103 @@
+"""HTTP endpoints of web login: the authorization endpoint, WeChat's callback and the token
+endpoint (``/auth/token``), over :class:`issuer.weblogin.WebLogin`.
+
+The authorization endpoint and the callback answer browsers: a request that cannot be sent
+back to a verified client redirect URI gets a short HTML page (RFC 6749 §4.1.2.1: never a
+redirect to an unverified URI); every other outcome is a 302. Codes travel in the redirect's
+query; tokens only ever in the token endpoint's JSON body.
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, current_app, g, request
+from markupsafe import escape
+
+from ..errors import InvalidRequest, UnsupportedGrantType
+from ..oauth.grants import OAuthFailure
+from ..weblogin import Redirect, WebLogin
+from .http import NO_STORE, json_response, read_params
+
+weblogin = Blueprint("weblogin", __name__)
+
+
+def web() -> WebLogin:
+    login: WebLogin = current_app.extensions["issuer.weblogin"]
+    return login
+
+
+def _query() -> dict[str, str]:
+    """The query parameters, each at most once (RFC 6749 §3.1)."""
+    for name in request.args:
+        if len(request.args.getlist(name)) > 1:
+            raise OAuthFailure("invalid_request", f"{name} must be sent once.", redirect=False)
+    return request.args.to_dict()
+
+
+def _redirect(target: Redirect) -> Response:
+    return Response(status=302, headers={"Location": target.url, **NO_STORE})
+
+
+def _page(failure: OAuthFailure, status: int = 400) -> Response:
+    """The page a browser sees when issuer cannot send it back to the client."""
+    html = (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        "<title>Login failed</title></head><body><h1>Login failed</h1>"
+        f"<p>{escape(failure.description)}</p><p><code>{escape(failure.error)}</code></p>"
+        "</body></html>"
+    )
+    return Response(html, status=status, mimetype="text/html", headers=NO_STORE)
+
+
+@weblogin.get("/auth/authorize")
+def authorize() -> Response:
+    """RFC 6749 §4.1.1 with PKCE: to WeChat's authorize page, or back with an error."""
+    login = web()
+    try:
+        params = _query()
+        return _redirect(login.authorize(params))
+    except OAuthFailure as failure:
+        if not failure.redirect:
+            return _page(failure)
+        client = login.settings.client(params["client_id"])
+        assert client is not None  # a failure that redirects has a checked client and URI
+        redirect_uri = params.get("redirect_uri") or client.redirect_uris[0]
+        return _redirect(
+            login.error_redirect(
+                redirect_uri, failure.error, failure.description, params.get("state")
+            )
+        )
+
+
+@weblogin.get("/auth/wechat/callback")
+def callback() -> Response:
+    """WeChat's authorize page sends the browser here with its code and issuer's state."""
+    try:
+        return _redirect(web().callback(_query()))
+    except OAuthFailure as failure:
+        return _page(failure)
+
+
+@weblogin.post("/auth/token")
+def token() -> Response:
+    """The token endpoint of every grant (RFC 6749 §3.2): ``authorization_code`` (§4.1.3,
+    with PKCE) and ``refresh_token`` (§6)."""
+    params = read_params(form=True)
+    grant_type = params.text("grant_type")
+    login = web()
+    if grant_type == "authorization_code":
+        fields = {
+            name: params.text(name, required=False)
+            for name in ("code", "client_id", "redirect_uri", "code_verifier")
+        }
+        pair = login.exchange({name: value for name, value in fields.items() if value})
+    elif grant_type == "refresh_token":
+        refresh_token = params.text("refresh_token")
+        assert refresh_token is not None
+        pair = login.service.refresh(refresh_token, params.text("client_id", required=False))
+    else:
+        raise UnsupportedGrantType()
+    g.sub = pair.user_id
+    return json_response(pair.body(), no_store=True)
+
+
+__all__ = ["InvalidRequest", "weblogin"]
