@@ -27,6 +27,7 @@ DONE = "https://shop.example.com/auth/done"
 H5 = {"id": "shop-h5", "kind": "h5", "app": OA, "redirect_uris": [DONE, DONE + "?v=2"]}
 OTHER = {"id": "blog-h5", "kind": "h5", "app": OA, "redirect_uris": ["https://blog.example/d"]}
 EXCHANGE = "/sns/oauth2/access_token"
+BROWSER_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +83,7 @@ class Browser:
         self.wechat_url = wechat_url
         self.verifier = secrets.token_urlsafe(48)
 
-    def authorize(self, **change: str | None) -> Any:
+    def authorize(self, headers: dict[str, str] | None = None, **change: str | None) -> Any:
         params = {
             "response_type": "code",
             "client_id": "shop-h5",
@@ -95,6 +96,7 @@ class Browser:
         return self.http.get(
             "/auth/authorize",
             query_string={key: value for key, value in params.items() if value is not None},
+            headers=headers,
         )
 
     def wechat_page(self, location: str, user: str = "alice", action: str = "consent") -> str:
@@ -301,11 +303,17 @@ def test_token_endpoint_without_grant_type(http: FlaskClient) -> None:
 def test_bad_client_or_redirect_uri_gets_a_page_never_a_redirect(
     browser: Browser, change: dict[str, str | None]
 ) -> None:
-    answer = browser.authorize(**change)
+    # What a browser's Accept header says: a page.
+    answer = browser.authorize(headers={"Accept": BROWSER_ACCEPT}, **change)
     assert answer.status_code == 400
     assert "Location" not in answer.headers
     assert answer.mimetype == "text/html"
     assert "Login failed" in answer.get_data(as_text=True)
+    # Anything else: the JSON error.
+    answer = browser.authorize(**change)
+    assert answer.status_code == 400
+    assert "Location" not in answer.headers
+    assert answer.get_json()["error"] in ("invalid_client", "invalid_request")
 
 
 @pytest.mark.parametrize(
@@ -358,6 +366,7 @@ def test_state_is_single_use(browser: Browser) -> None:
     again = browser.back_to_issuer(location)
     assert again.status_code == 400
     assert "Location" not in again.headers
+    assert again.get_json()["error"] == "invalid_request"
 
 
 def test_state_expires(browser: Browser, clock: FakeClock) -> None:

@@ -38,7 +38,12 @@ def _redirect(target: Redirect) -> Response:
 
 
 def _page(failure: OAuthFailure, status: int = 400) -> Response:
-    """The page a browser sees when issuer cannot send it back to the client."""
+    """What a browser sees when issuer cannot send it back to the client: a short page when
+    it asks for HTML, else the JSON error every other answer of issuer is."""
+    accepted = request.accept_mimetypes
+    if accepted.quality("text/html") <= accepted.quality("application/json"):
+        body = {"error": failure.error, "error_description": failure.description}
+        return json_response(body, status=status, no_store=True)
     html = (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         "<title>Login failed</title></head><body><h1>Login failed</h1>"
