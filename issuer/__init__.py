@@ -95,9 +95,10 @@ def create_app(
 
     from .web import http, ratelimit, views
     from .web.weblogin import weblogin
-    from .weblogin import WebLogin
+    from .weblogin import WAITING_POLLS, PollGate, WebLogin
 
     app.extensions["issuer.weblogin"] = WebLogin(service, lambda: keys().data_keys)
+    app.extensions["issuer.pollgate"] = PollGate(WAITING_POLLS)
 
     http.install(app, observe=metrics.observe_request if metrics else None)
     for blueprint in (

@@ -15,35 +15,52 @@ import hashlib
 import hmac
 import logging
 import secrets
+import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
-from .config import WebClient
-from .errors import InvalidClient, InvalidGrant, InvalidRequest, IssuerError
+from .config import WebClient, WeChatApp
+from .errors import AccessDenied, InvalidClient, InvalidGrant, InvalidRequest, IssuerError, NotFound
 from .oauth import pkce
 from .oauth.grants import (
     CODE_LIFETIME,
     CODE_PATTERN,
+    POLL_INTERVAL,
+    TICKET_LIFETIME,
+    TICKET_MOVES,
+    TICKET_PATTERN,
     IssuedCode,
     OAuthFailure,
+    ScanTicket,
+    TicketStatus,
     check_authorization_request,
     check_code_exchange,
     code_hash,
     new_code,
+    new_ticket,
     sign_state,
     state_request_id,
 )
 from .sealing import refresh_secret_aad, session_key_aad
-from .service import AuthService, TokenPair
+from .service import AuthService, Caller, TokenPair
 from .store import NewSession
 from .tokens import new_session_id, new_session_secret
+from .wechat.client import ServerTokenRejected
 
 log = logging.getLogger("issuer.weblogin")
 
 AUTHORIZE_PATH = "/connect/oauth2/authorize"
 CALLBACK_PATH = "/auth/wechat/callback"
 STATE_KEY_LABEL = b"issuer web-login state v1"
+# A waiting poll looks at the store this often: a confirmation made on any host of a fleet
+# is seen within it.
+POLL_STEP = 0.25
+# Seconds a poll may wait for a change (RFC 8628 §3.5 polls, made long).
+MAX_POLL_WAIT = 25.0
+# Polls of one process that may wait at once: a quarter of gunicorn's 32 threads.
+WAITING_POLLS = 8
 
 
 @dataclass(frozen=True)
@@ -205,6 +222,144 @@ class WebLogin:
         separator = "&" if "?" in request.redirect_uri else "?"
         return Redirect(request.redirect_uri + separator + urlencode(query))
 
+    # -- PC scan login
+
+    def create_ticket(self, client_id: str, code_challenge: str) -> dict[str, object]:
+        """A pending ticket for a ``web`` client's page, bound to its PKCE challenge.
+
+        :raises InvalidClient: not a ``web`` client. :raises InvalidRequest: bad challenge.
+        """
+        client = client_kind(self.settings.client(client_id), "web")
+        if not pkce.is_challenge(code_challenge):
+            raise InvalidRequest("code_challenge must be an S256 challenge (43 characters).")
+        ticket = new_ticket(client, code_challenge, now=self.service.clock())
+        self.store.put_ticket(ticket)
+        base = self.settings.url.rstrip("/")
+        return {
+            "ticket": ticket.id,
+            "qrcode_url": f"{base}/auth/scan/{ticket.id}/qrcode",
+            "expires_in": int(TICKET_LIFETIME),
+            "interval": POLL_INTERVAL,
+        }
+
+    def _live_ticket(self, ticket_id: str) -> tuple[ScanTicket, WebClient]:
+        ticket = self.store.get_ticket(ticket_id) if TICKET_PATTERN.fullmatch(ticket_id) else None
+        client = self.settings.client(ticket.client_id) if ticket else None
+        if ticket is None or client is None:
+            raise NotFound("No such scan ticket.")
+        return ticket, client
+
+    def qrcode(self, ticket_id: str, server_token: Callable[[WeChatApp, str | None], str]) -> bytes:
+        """The PNG of the ticket's mini-program code, made once per ticket.
+
+        :param server_token: the app's shared server token; given the token WeChat just
+            refused, another one.
+        :raises NotFound: unknown or expired ticket.
+        """
+        ticket, client = self._live_ticket(ticket_id)
+        if ticket.status_at(self.service.clock()) is not TicketStatus.PENDING:
+            raise NotFound("This scan ticket is no longer waiting for a scan.")
+        cached = self.store.ticket_qrcode(ticket.id)
+        if cached is not None:
+            return cached
+        app = self.settings.app(client.app)
+        page = client.page
+        assert app is not None  # both checked at start-up
+        assert page is not None
+        token = server_token(app, None)
+        try:
+            png = self.service.wechat.wxa_code(app, token, ticket.id, page)
+        except ServerTokenRejected:
+            png = self.service.wechat.wxa_code(app, server_token(app, token), ticket.id, page)
+        self.store.put_ticket_qrcode(ticket.id, png)
+        return png
+
+    def _scanner_ticket(self, ticket_id: str, caller: Caller) -> tuple[ScanTicket, WebClient]:
+        ticket, client = self._live_ticket(ticket_id)
+        session = caller.session
+        if session.appid != client.app or session.client_id is not None:
+            raise AccessDenied("Scan this code with the mini-program the site belongs to.")
+        return ticket, client
+
+    def _refused_move(self, ticket_id: str) -> InvalidGrant:
+        ticket = self.store.get_ticket(ticket_id)
+        if ticket is None or ticket.status_at(self.service.clock()) is TicketStatus.EXPIRED:
+            return InvalidGrant("The scan ticket expired; refresh the code on the PC.")
+        return InvalidGrant(f"The scan ticket is {ticket.status.value} already.")
+
+    def scanned(self, ticket_id: str, caller: Caller) -> dict[str, object]:
+        """The mini-program read the code: the ticket is this user's to confirm or deny."""
+        ticket, client = self._scanner_ticket(ticket_id, caller)
+        user_id = caller.session.user_id
+        if ticket.status is TicketStatus.SCANNED and ticket.user_id == user_id:
+            return {"status": "scanned", "client_id": client.id}  # a retried call
+        if not self.store.move_ticket(ticket.id, TicketStatus.SCANNED, from_=TICKET_MOVES[
+                TicketStatus.SCANNED], now=self.service.clock(), user_id=user_id):  # fmt: skip
+            raise self._refused_move(ticket.id)
+        return {"status": "scanned", "client_id": client.id}
+
+    def confirm(self, ticket_id: str, caller: Caller, approve: bool) -> dict[str, object]:
+        """The user approves (a session for the PC, in the same user) or denies the login."""
+        ticket, client = self._scanner_ticket(ticket_id, caller)
+        user_id, now = caller.session.user_id, self.service.clock()
+        if not approve:
+            if not self.store.move_ticket(ticket.id, TicketStatus.DENIED,
+                    from_=TICKET_MOVES[TicketStatus.DENIED], now=now, user_id=user_id):  # fmt: skip
+                raise self._refused_move(ticket.id)
+            return {"status": "denied"}
+        sid, secret = new_session_id(), new_session_secret()
+        sealed = self.service.sealer.seal(secret, refresh_secret_aad(sid))
+        session = NewSession(
+            id=sid, secret=sealed, expires_at=now + self.settings.refresh_token_ttl
+        )
+        if not self.store.open_session(
+            caller.session.appid, caller.session.openid, session, client.id, now
+        ):
+            raise InvalidGrant("This account is gone; log in again.")
+        moved = self.store.move_ticket(ticket.id, TicketStatus.CONFIRMED,
+            from_=TICKET_MOVES[TicketStatus.CONFIRMED], now=now, user_id=user_id,
+            session_id=sid)  # fmt: skip
+        if not moved:
+            self.store.revoke_session(sid, now)
+            raise self._refused_move(ticket.id)
+        log.info("scan login confirmed client=%s user=%s sid=%s", client.id, user_id, sid)
+        return {"status": "confirmed"}
+
+    def poll(
+        self, ticket_id: str, since: TicketStatus, wait: float, gate: PollGate
+    ) -> dict[str, object]:
+        """The ticket's status, once it differs from ``since`` or after ``wait`` seconds
+        (less when this process has no thread to spare: see :class:`PollGate`). A
+        confirmation is seen by the first poll after it with a one-time code."""
+        ticket, _ = self._live_ticket(ticket_id)
+        if ticket.status_at(self.service.clock()) is since and wait > 0 and gate.try_enter():
+            try:
+                deadline = time.monotonic() + wait
+                while time.monotonic() < deadline:
+                    time.sleep(min(POLL_STEP, max(0.0, deadline - time.monotonic())))
+                    ticket, _ = self._live_ticket(ticket_id)
+                    if ticket.status_at(self.service.clock()) is not since:
+                        break
+            finally:
+                gate.leave()
+        now = self.service.clock()
+        status = ticket.status_at(now)
+        body: dict[str, object] = {
+            "status": status.value,
+            "expires_in": max(0, int(ticket.expires_at - now)),
+            "interval": POLL_INTERVAL,
+        }
+        if status is TicketStatus.CONFIRMED:
+            sid = self.store.deliver_ticket(ticket.id, now)
+            if sid is not None:
+                issued = new_code()
+                self.store.put_code(
+                    IssuedCode(code_hash(issued), ticket.client_id, None,
+                               ticket.code_challenge, sid, now + CODE_LIFETIME)
+                )  # fmt: skip
+                body["code"] = issued
+        return body
+
     # -- POST /auth/token, grant_type=authorization_code (RFC 6749 §4.1.3)
 
     def exchange(self, params: Mapping[str, str]) -> TokenPair:
@@ -246,6 +401,25 @@ class WebLogin:
         return self.service.open_session_pair(spent[0].session_id, now)
 
 
+class PollGate:
+    """How many scan polls of this process may wait at once.
+
+    gunicorn's gthread workers serve each request on one thread of a fixed pool
+    (``ISSUER_THREADS``, 32 by default); a poll that waits holds its thread. Past the gate a
+    poll answers at once with the current status and ``interval``, so waiting polls never
+    take more than this share of the pool from logins and refreshes.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._slots = threading.BoundedSemaphore(limit)
+
+    def try_enter(self) -> bool:
+        return self._slots.acquire(blocking=False)
+
+    def leave(self) -> None:
+        self._slots.release()
+
+
 def _authorize_error(error: IssuerError) -> str:
     """The RFC 6749 §4.1.2.1 code for an upstream failure met at the callback."""
     if error.status_code in (429, 503, 504):
@@ -262,4 +436,4 @@ def client_kind(client: WebClient | None, kind: str) -> WebClient:
     return client
 
 
-__all__ = ["Redirect", "WebLogin", "client_kind", "pkce"]
+__all__ = ["PollGate", "Redirect", "WebLogin", "client_kind"]

@@ -25,6 +25,7 @@ OA = "wx3333333333333333"
 MP_SECRET, OA_SECRET = secrets.token_hex(16), secrets.token_hex(16)
 DONE = "https://shop.example.com/auth/done"
 H5 = {"id": "shop-h5", "kind": "h5", "app": OA, "redirect_uris": [DONE, DONE + "?v=2"]}
+PC = {"id": "shop-pc", "kind": "web", "app": MP, "page": "pages/scan/index"}
 OTHER = {"id": "blog-h5", "kind": "h5", "app": OA, "redirect_uris": ["https://blog.example/d"]}
 EXCHANGE = "/sns/oauth2/access_token"
 BROWSER_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
@@ -59,7 +60,7 @@ def web_app(
             {"appid": MP, "secret": MP_SECRET},
             {"appid": OA, "secret": OA_SECRET, "kind": "officialaccount"},
         ],
-        clients=[H5, OTHER],
+        clients=[H5, OTHER, PC],
     )
     app = create_app(config, clock=clock, environ={})
     app.config["TESTING"] = True

@@ -162,6 +162,9 @@ def install(app: Flask, settings: Settings) -> Limiter:
         "weblogin.authorize": settings.ratelimit_login,
         "weblogin.callback": settings.ratelimit_login,
         "weblogin.token": settings.ratelimit_refresh,
+        "weblogin.scan_create": settings.ratelimit_scan,
+        "weblogin.scan_qrcode": settings.ratelimit_scan_poll,
+        "weblogin.scan_poll": settings.ratelimit_scan_poll,
     }
 
     @limiter.request_filter

@@ -12,10 +12,14 @@ from __future__ import annotations
 from flask import Blueprint, Response, current_app, g, request
 from markupsafe import escape
 
+from ..config import WeChatApp
 from ..errors import InvalidRequest, UnsupportedGrantType
-from ..oauth.grants import OAuthFailure
-from ..weblogin import Redirect, WebLogin
+from ..oauth.grants import OAuthFailure, TicketStatus
+from ..service import Caller
+from ..weblogin import MAX_POLL_WAIT, PollGate, Redirect, WebLogin
 from .http import NO_STORE, json_response, read_params
+from .ratelimit import limits_of
+from .views import caller
 
 weblogin = Blueprint("weblogin", __name__)
 
@@ -105,4 +109,68 @@ def token() -> Response:
     return json_response(pair.body(), no_store=True)
 
 
-__all__ = ["InvalidRequest", "weblogin"]
+# -- PC scan login
+
+
+def _server_token(app: WeChatApp, rejected: str | None) -> str:
+    tokens = current_app.extensions["issuer.userdata"].server_tokens
+    token: str = tokens.get(app) if rejected is None else tokens.replace(app, rejected)
+    return token
+
+
+@weblogin.post("/auth/scan")
+def scan_create() -> Response:
+    """A ticket for the PC page: its code image URL, lifetime and polling interval."""
+    params = read_params(form=True)
+    client_id, challenge = params.text("client_id"), params.text("code_challenge")
+    assert client_id is not None
+    assert challenge is not None
+    return json_response(web().create_ticket(client_id, challenge), no_store=True)
+
+
+@weblogin.get("/auth/scan/<ticket>/qrcode")
+def scan_qrcode(ticket: str) -> Response:
+    """The mini-program code of a pending ticket, a PNG made once per ticket."""
+    png = web().qrcode(ticket, _server_token)
+    return Response(png, mimetype="image/png", headers={"Cache-Control": "private, max-age=300"})
+
+
+def _scanner() -> Caller:
+    who = caller()
+    assert request.endpoint is not None
+    limits_of().hit_user(who.claims["sub"], request.endpoint)
+    return who
+
+
+@weblogin.post("/auth/scan/<ticket>/scanned")
+def scan_scanned(ticket: str) -> Response:
+    """The logged-in mini-program read the ticket from the code's scene."""
+    return json_response(web().scanned(ticket, _scanner()), no_store=True)
+
+
+@weblogin.post("/auth/scan/<ticket>/confirm")
+def scan_confirm(ticket: str) -> Response:
+    """``{"approve": true|false}``: the user logs the PC in, or refuses."""
+    who = _scanner()
+    approve = read_params(form=True).flag("approve")
+    return json_response(web().confirm(ticket, who, approve), no_store=True)
+
+
+@weblogin.get("/auth/scan/<ticket>")
+def scan_poll(ticket: str) -> Response:
+    """The ticket's status once it differs from ``since`` (default ``pending``), waiting up
+    to ``wait`` seconds (default and most 25) for a change."""
+    since_text = request.args.get("since", TicketStatus.PENDING.value)
+    wait_text = request.args.get("wait", str(MAX_POLL_WAIT))
+    try:
+        since = TicketStatus(since_text)
+        wait = float(wait_text)
+    except ValueError:
+        raise InvalidRequest("since must be a ticket status and wait a number.") from None
+    if not 0 <= wait <= MAX_POLL_WAIT:
+        raise InvalidRequest(f"wait must be from 0 to {MAX_POLL_WAIT:g} seconds.")
+    gate: PollGate = current_app.extensions["issuer.pollgate"]
+    return json_response(web().poll(ticket, since, wait, gate), no_store=True)
+
+
+__all__ = ["weblogin"]

@@ -46,6 +46,11 @@ CODE_TO_SESSION = "/sns/jscode2session"
 WEB_CODE_EXCHANGE = "/sns/oauth2/access_token"
 WEB_USERINFO = "/sns/userinfo"
 MISSING_CODE = 41008
+WXA_CODE = "/wxa/getwxacodeunlimit"
+INVALID_PAGE = 41030
+# A mini-program code is a PNG (or a JPEG); some ten to a few hundred KiB.
+IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")
+MAX_IMAGE_BYTES = 2 * 1024 * 1024
 BUSY = -1
 INVALID_CODE = 40029
 CODE_USED = 40163
@@ -81,7 +86,7 @@ MAX_ANSWER_BYTES = 64 * 1024
 # upstream answering arbitrary numbers cannot grow the set of label values.
 KNOWN_ERRCODES = frozenset(
     {0, BUSY, INVALID_CODE, CODE_USED, HIGH_RISK_USER, INVALID_SIGNATURE, RATE_LIMITED}
-    | {MISSING_CODE}
+    | {MISSING_CODE, INVALID_PAGE}
     | {INVALID_OPENID, PHONE_QUOTA_EXHAUSTED, DAILY_QUOTA_EXHAUSTED}
     | TOKEN_REJECTED
     | CREDENTIAL_ERRCODES
@@ -434,6 +439,59 @@ class WeChatClient:
             unionid=str(unionid) if _text(unionid) else None,
         )
 
+    def wxa_code(self, app: WeChatApp, access_token: str, scene: str, page: str) -> bytes:
+        """The PNG of an unlimited mini-program code (``wxa/getwxacodeunlimit``) opening
+        ``page`` with ``scene``. WeChat answers the image, or JSON with an errcode.
+        https://developers.weixin.qq.com/miniprogram/dev/OpenApiDoc/qrcode-link/qr-code/getUnlimitedQRCode.html
+
+        :raises ServerTokenRejected: the access token is invalid or expired.
+        :raises IssuerError: ``upstream_misconfigured`` (41030: the page is not in the
+            published mini-program; credentials), ``temporarily_unavailable`` and the rest as
+            for every call.
+        """
+        if self.budget is not None:
+            self.budget(app.appid)
+        started = time.monotonic()
+        try:
+            response = self._http().post(
+                self.api_base + WXA_CODE,
+                params={"access_token": access_token},
+                json={"scene": scene, "page": page, "check_path": False, "is_hyaline": False},
+                timeout=self.timeout,
+                allow_redirects=False,
+                stream=True,
+            )
+            with response:
+                content = self._read_body(response, started + self.timeout, MAX_IMAGE_BYTES)
+        except (requests.Timeout, _Deadline, ReadTimeoutError):
+            self._observed(WXA_CODE, "timeout", started)
+            raise UpstreamTimeout() from None
+        except (requests.RequestException, HTTPError) as error:
+            self._observed(WXA_CODE, "transport", started)
+            log.warning("WeChat %s unreachable (app %s): %s", WXA_CODE, app.appid,
+                        type(error).__name__)  # fmt: skip
+            raise TemporarilyUnavailable("WeChat could not be reached; retry shortly.") from None
+        if response.status_code == 200 and content and content.startswith(IMAGE_MAGIC):
+            self._observed(WXA_CODE, "0", started)
+            return content
+        try:
+            body = json.loads(content or b"")
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            body = None
+        if response.status_code != 200 or not isinstance(body, dict):
+            self._observed(WXA_CODE, "bad_response", started)
+            raise TemporarilyUnavailable("WeChat sent an unusable answer; retry shortly.")
+        errcode = body.get("errcode")
+        self._observed(WXA_CODE, errcode_label(errcode), started)
+        if errcode in TOKEN_REJECTED:
+            raise ServerTokenRejected(int(errcode))
+        if errcode == INVALID_PAGE:
+            log.error("WeChat: page is not in the published mini-program %s (41030)", app.appid)
+            raise UpstreamMisconfigured()
+        if not isinstance(errcode, int):
+            raise TemporarilyUnavailable("WeChat sent an unusable answer; retry shortly.")
+        raise self._error(errcode, body, app.appid, (access_token,))
+
     def _call(
         self,
         method: str,
@@ -542,7 +600,9 @@ class WeChatClient:
             self._observe(path, result, time.monotonic() - started)
 
     @staticmethod
-    def _read_body(response: requests.Response, deadline: float) -> bytes | None:
+    def _read_body(
+        response: requests.Response, deadline: float, limit: int = MAX_ANSWER_BYTES
+    ) -> bytes | None:
         """The body, or None when it is larger than any WeChat answer could be.
 
         ``timeout`` in requests bounds each socket read, not the whole answer; the deadline
@@ -554,7 +614,7 @@ class WeChatClient:
         size = 0
         while chunk := response.raw.read1(8192, decode_content=True):  # what has arrived
             size += len(chunk)
-            if size > MAX_ANSWER_BYTES:
+            if size > limit:
                 return None
             chunks.append(chunk)
             if time.monotonic() > deadline:

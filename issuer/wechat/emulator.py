@@ -21,8 +21,10 @@ import hashlib
 import hmac
 import json
 import secrets
+import struct
 import threading
 import time
+import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -321,6 +323,10 @@ class WeChatEmulator:
         @app.get("/sns/userinfo")
         def web_userinfo() -> Response:
             return self._answer("/sns/userinfo", self._web_userinfo)
+
+        @app.post("/wxa/getwxacodeunlimit")
+        def wxa_code() -> Response:
+            return self._wxa_code()
 
         @app.get("/dev/web-done")
         def web_done() -> Response:
@@ -637,6 +643,62 @@ class WeChatEmulator:
             "privilege": [],
             "unionid": self.identity(appid, user)[1],
         }
+
+    # -- the unlimited mini-program code (wxa/getwxacodeunlimit)
+
+    def _wxa_code(self) -> Response:
+        """A real PNG whose text chunks name the scene and page, or WeChat's JSON errors:
+        https://developers.weixin.qq.com/miniprogram/dev/OpenApiDoc/qrcode-link/qr-code/getUnlimitedQRCode.html"""
+        path = "/wxa/getwxacodeunlimit"
+        with self._lock:
+            self.calls.append(path)
+            fault = next((item for item in self._faults if item.path == path), None)
+            if fault is not None:
+                self._faults.remove(fault)
+        if fault is not None and fault.errcode is not None:
+            return _json({"errcode": fault.errcode, "errmsg": f"injected {fault.errcode}"})
+        refused = self._token_error()
+        if refused is not None:
+            return _json(refused)
+        body = request.get_json(silent=True)
+        scene = body.get("scene") if isinstance(body, dict) else None
+        page = body.get("page", "") if isinstance(body, dict) else ""
+        if not isinstance(scene, str) or not 0 < len(scene) <= 32 or not isinstance(page, str):
+            return _json({"errcode": 40169, "errmsg": "invalid length for scene"})
+        if page.startswith("/"):
+            return _json({"errcode": 41030, "errmsg": "invalid page"})
+        return Response(scene_png(scene, page), mimetype="image/png")
+
+
+def scene_png(scene: str, page: str, size: int = 21, scale: int = 8) -> bytes:
+    """A small grey PNG of cells drawn from the scene's hash, with ``scene`` and ``page`` in
+    tEXt chunks: a real image a browser shows, whose content names what it encodes."""
+    digest = hashlib.sha256(scene.encode()).digest()
+    bits = "".join(f"{byte:08b}" for byte in digest * (size * size // 256 + 1))
+    rows = []
+    for y in range(size * scale):
+        cells = bytes(
+            0 if bits[(y // scale) * size + x // scale] == "1" else 255 for x in range(size * scale)
+        )
+        rows.append(b"\x00" + cells)  # filter type 0 for every row
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )  # fmt: skip
+
+    side = size * scale
+    return b"".join(
+        (
+            b"\x89PNG\r\n\x1a\n",
+            chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)),
+            chunk(b"tEXt", b"scene\x00" + scene.encode()),
+            chunk(b"tEXt", b"page\x00" + page.encode()),
+            chunk(b"IDAT", zlib.compress(b"".join(rows))),
+            chunk(b"IEND", b""),
+        )
+    )
 
 
 def _page(title: str, body: str, status: int = 200) -> Response:
