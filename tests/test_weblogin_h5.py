@@ -168,6 +168,7 @@ def claims_of(http: FlaskClient, pair: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
+@pytest.mark.stores
 def test_userinfo_login_gives_the_mini_program_users_sub(
     http: FlaskClient, browser: Browser, emulator: WeChatEmulator
 ) -> None:
@@ -241,6 +242,7 @@ def test_refresh_through_the_token_endpoint_keeps_the_client(
     assert wrong.get_json()["error"] == "invalid_grant"
 
 
+@pytest.mark.stores
 def test_a_code_used_twice_revokes_what_it_issued(http: FlaskClient, browser: Browser) -> None:
     code = browser.code()
     first = browser.exchange(code)
@@ -360,6 +362,7 @@ def test_user_refusing_in_wechat_is_access_denied(browser: Browser) -> None:
     assert back["state"] == "page-state-1"
 
 
+@pytest.mark.stores
 def test_state_is_single_use(browser: Browser) -> None:
     started = browser.authorize()
     location = browser.wechat_page(started.headers["Location"])

@@ -98,6 +98,7 @@ def phone(http: FlaskClient, emulator: WeChatEmulator) -> Phone:
     return Phone(http, emulator, "scan-" + secrets.token_hex(4))
 
 
+@pytest.mark.stores
 def test_the_whole_scan_flow(http: FlaskClient, phone: Phone, emulator: WeChatEmulator) -> None:
     pc = PC(http)
     assert pc.created["expires_in"] == 300
@@ -201,6 +202,7 @@ def test_denied(http: FlaskClient, phone: Phone) -> None:
     )
 
 
+@pytest.mark.stores
 def test_expired(http: FlaskClient, phone: Phone, clock: FakeClock) -> None:
     pc = PC(http)
     clock.advance(300)
@@ -211,6 +213,7 @@ def test_expired(http: FlaskClient, phone: Phone, clock: FakeClock) -> None:
     assert http.get(f"/auth/scan/{pc.ticket}/qrcode").status_code == 404
 
 
+@pytest.mark.stores
 def test_confirm_needs_a_scan_by_the_same_user(
     http: FlaskClient,
     phone: Phone,
