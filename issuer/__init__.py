@@ -95,10 +95,10 @@ def create_app(
 
     from .web import http, ratelimit, views
     from .web.weblogin import weblogin
-    from .weblogin import WAITING_POLLS, PollGate, WebLogin
+    from .weblogin import PollGate, WebLogin, waiting_polls
 
     app.extensions["issuer.weblogin"] = WebLogin(service, lambda: keys().data_keys)
-    app.extensions["issuer.pollgate"] = PollGate(WAITING_POLLS)
+    app.extensions["issuer.pollgate"] = PollGate(waiting_polls(environ))
 
     http.install(app, observe=metrics.observe_request if metrics else None)
     for blueprint in (

@@ -14,6 +14,7 @@ import base64
 import hashlib
 import hmac
 import logging
+import os
 import secrets
 import threading
 import time
@@ -59,8 +60,10 @@ STATE_KEY_LABEL = b"issuer web-login state v1"
 POLL_STEP = 0.25
 # Seconds a poll may wait for a change (RFC 8628 §3.5 polls, made long).
 MAX_POLL_WAIT = 25.0
-# Polls of one process that may wait at once: a quarter of gunicorn's 32 threads.
-WAITING_POLLS = 8
+# Threads of a gunicorn worker (gunicorn.conf.py reads the same variable), of which a
+# quarter may hold waiting polls.
+THREADS_VARIABLE = "ISSUER_THREADS"
+DEFAULT_THREADS = 32
 
 
 @dataclass(frozen=True)
@@ -418,6 +421,14 @@ class PollGate:
 
     def leave(self) -> None:
         self._slots.release()
+
+
+def waiting_polls(environ: Mapping[str, str] | None = None) -> int:
+    """How many polls of this process may wait: a quarter of its worker's threads
+    (``ISSUER_THREADS``, as ``gunicorn.conf.py`` sizes the pool), at least one."""
+    text = (os.environ if environ is None else environ).get(THREADS_VARIABLE, "")
+    threads = int(text) if text.isdigit() else DEFAULT_THREADS
+    return max(1, threads // 4)
 
 
 def _authorize_error(error: IssuerError) -> str:
