@@ -338,3 +338,17 @@ def test_polls_past_the_gate_answer_at_once(web_app: Flask, http: FlaskClient) -
     finally:
         for _ in range(taken):
             gate.leave()
+
+
+@pytest.mark.stores
+def test_prune_removes_expired_web_login_rows(
+    web_app: Flask, http: FlaskClient, browser: Browser, clock: FakeClock
+) -> None:
+    store = web_app.extensions["issuer"].store
+    PC(http)
+    browser.code()  # an authorization request (taken) and a code
+    browser.authorize()  # a request still waiting
+    assert store.prune_web_login(clock()) == 0  # nothing has expired yet
+    clock.advance(601)
+    store.prune(clock())
+    assert store.prune_web_login(clock()) == 0  # issuer prune removed all of them

@@ -43,6 +43,7 @@ from . import (
 )
 from .weblogin import MIGRATION as WEB_LOGIN_MIGRATION
 from .weblogin import WebLoginRows
+from .weblogin import prune_rows as prune_web_login_rows
 
 T = TypeVar("T")
 
@@ -594,6 +595,7 @@ class SQLStore(WebLoginRows, ABC):
             sessions = db.execute(
                 "DELETE FROM sessions WHERE expires_at <= ? OR revoked_at IS NOT NULL", (now,)
             ).rowcount
+            prune_web_login_rows(db, now)  # expired web login requests, codes and tickets
             return {"sessions": sessions, "login_codes": codes}
 
         return self._write(work)

@@ -12,7 +12,7 @@ Mixed into :class:`issuer.store.sql.SQLStore`, whose ``_write``/``_one`` it uses
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from ..oauth.grants import AuthorizationRequest, IssuedCode, ScanTicket, TicketStatus
 from . import NewSession
@@ -65,7 +65,7 @@ _TICKET_COLUMNS = (
 )
 
 
-class _Executor:  # the part of sql.Executor used here (kept local: no import cycle)
+class _Executor(Protocol):  # the part of sql.Executor used here (kept local: no cycle)
     def execute(self, sql: str, parameters: Sequence[Any] = ..., /) -> Any: ...
 
 
@@ -228,12 +228,14 @@ class WebLoginRows:
 
     def prune_web_login(self, now: float) -> int:
         """Delete expired requests, codes and tickets. :returns: how many rows went."""
-
-        def work(db: _Executor) -> int:
-            total = 0
-            for table in ("oauth_requests", "oauth_codes", "scan_tickets"):
-                total += db.execute(f"DELETE FROM {table} WHERE expires_at <= ?", (now,)).rowcount
-            return total
-
-        result: int = self._write(work)
+        result: int = self._write(lambda db: prune_rows(db, now))
         return result
+
+
+def prune_rows(db: _Executor, now: float) -> int:
+    """Delete web login's expired rows inside the caller's transaction (``issuer prune``):
+    every one of them is useless once expired. :returns: how many rows went."""
+    total = 0
+    for table in ("oauth_requests", "oauth_codes", "scan_tickets"):
+        total += int(db.execute(f"DELETE FROM {table} WHERE expires_at <= ?", (now,)).rowcount)
+    return total
