@@ -251,7 +251,7 @@ class AuthService:
             break
         raise InvalidGrant("The refresh token is expired or revoked; log in again.")
 
-    def open_session_pair(self, sid: str, now: float) -> TokenPair:
+    def open_session_pair(self, sid: str, now: float, *, is_new_user: bool = False) -> TokenPair:
         """The first pair of a session opened by web login (its token number 0).
 
         :raises InvalidGrant: the session is gone, revoked or expired.
@@ -264,7 +264,7 @@ class AuthService:
         except UnsealError:
             log.error("session secret of sid=%s cannot be decrypted", sid)
             raise InvalidGrant("The login has ended; log in again.") from None
-        return self._session_pair(session, secret, session.counter, now, is_new_user=False)
+        return self._session_pair(session, secret, session.counter, now, is_new_user=is_new_user)
 
     def _session_of(self, refresh_token: str) -> tuple[Session, bytes, int]:
         parsed = parse_refresh_token(refresh_token)

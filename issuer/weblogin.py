@@ -215,6 +215,7 @@ class WebLogin:
                 code_challenge=request.code_challenge,
                 session_id=sid,
                 expires_at=now + CODE_LIFETIME,
+                is_new_user=outcome.is_new_user,
             )
         )
         log.info("web login client=%s user=%s sid=%s new=%s",
@@ -401,7 +402,9 @@ class WebLogin:
         except OAuthFailure as failure:
             raise InvalidGrant(failure.description) from None
         assert spent is not None
-        return self.service.open_session_pair(spent[0].session_id, now)
+        return self.service.open_session_pair(
+            spent[0].session_id, now, is_new_user=spent[0].is_new_user
+        )
 
 
 class PollGate:

@@ -193,6 +193,7 @@ def test_userinfo_login_gives_the_mini_program_users_sub(
     assert answer.headers["Cache-Control"] == "no-store"
     pair = answer.get_json()
     assert pair["user_id"] == mini["user_id"]
+    assert pair["is_new_user"] is False  # joined the mini-program's user
     me = claims_of(http, pair)
     assert me["appid"] == OA  # the identity of the app the user came through
     assert me["openid"] == emulator.identity(OA, user)[0]
@@ -208,6 +209,7 @@ def test_base_login_joins_the_mini_program_user_once_a_unionid_appears(
 ) -> None:
     user = "base-" + secrets.token_hex(4)
     first = browser.exchange(browser.code(user, scope="snsapi_base")).get_json()
+    assert first["is_new_user"] is True
     assert claims_of(http, first)["unionid"] is None  # snsapi_base gives no unionid
     mini = mini_program_login(http, emulator, user)
     assert mini["user_id"] != first["user_id"]
@@ -312,6 +314,7 @@ def test_bad_client_or_redirect_uri_gets_a_page_never_a_redirect(
     assert "Location" not in answer.headers
     assert answer.mimetype == "text/html"
     assert "Login failed" in answer.get_data(as_text=True)
+    assert answer.headers["Content-Security-Policy"] == "default-src 'none'"
     # Anything else: the JSON error.
     answer = browser.authorize(**change)
     assert answer.status_code == 400

@@ -70,6 +70,8 @@ class IssuedCode:
     code_challenge: str
     session_id: str
     expires_at: float
+    # The token response's is_new_user: the callback created the user.
+    is_new_user: bool = False
 
 
 class TicketStatus(StrEnum):

@@ -40,6 +40,7 @@ MIGRATION: tuple[str, ...] = (
         code_challenge TEXT NOT NULL,
         session_id TEXT NOT NULL,
         expires_at {real} NOT NULL,
+        is_new_user INTEGER NOT NULL,
         used_at {real}
     )""",
     "CREATE INDEX oauth_codes_expires ON oauth_codes(expires_at)",
@@ -59,10 +60,18 @@ MIGRATION: tuple[str, ...] = (
     "CREATE INDEX scan_tickets_expires ON scan_tickets(expires_at)",
 )
 
-_CODE_COLUMNS = "code_hash, client_id, redirect_uri, code_challenge, session_id, expires_at"
+_CODE_COLUMNS = (
+    "code_hash, client_id, redirect_uri, code_challenge, session_id, expires_at, is_new_user"
+)
 _TICKET_COLUMNS = (
     "id, client_id, code_challenge, status, created_at, expires_at, updated_at, user_id"
 )
+
+
+def _code(row: Sequence[Any]) -> IssuedCode:
+    code_hash, client_id, redirect_uri, challenge, session_id, expires_at, is_new = row
+    return IssuedCode(code_hash, client_id, redirect_uri, challenge, session_id, expires_at,
+                      bool(is_new))  # fmt: skip
 
 
 class _Executor(Protocol):  # the part of sql.Executor used here (kept local: no cycle)
@@ -108,9 +117,9 @@ class WebLoginRows:
     def put_code(self, code: IssuedCode) -> None:
         def work(db: _Executor) -> None:
             db.execute(
-                f"INSERT INTO oauth_codes ({_CODE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO oauth_codes ({_CODE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (code.code_hash, code.client_id, code.redirect_uri, code.code_challenge,
-                 code.session_id, code.expires_at),
+                 code.session_id, code.expires_at, int(code.is_new_user)),
             )  # fmt: skip
 
         self._write(work)
@@ -126,11 +135,11 @@ class WebLoginRows:
                 (now, code_hash),
             ).fetchall()
             if rows:
-                return IssuedCode(*rows[0]), True
+                return _code(rows[0]), True
             row = db.execute(
                 f"SELECT {_CODE_COLUMNS} FROM oauth_codes WHERE code_hash = ?", (code_hash,)
             ).fetchone()
-            return (IssuedCode(*row), False) if row else None
+            return (_code(row), False) if row else None
 
         result: tuple[IssuedCode, bool] | None = self._write(work)
         return result

@@ -54,7 +54,9 @@ def _page(failure: OAuthFailure, status: int = 400) -> Response:
         f"<p>{escape(failure.description)}</p><p><code>{escape(failure.error)}</code></p>"
         "</body></html>"
     )
-    return Response(html, status=status, mimetype="text/html", headers=NO_STORE)
+    # Nothing on the page runs or loads: it only says what went wrong.
+    headers = {**NO_STORE, "Content-Security-Policy": "default-src 'none'"}
+    return Response(html, status=status, mimetype="text/html", headers=headers)
 
 
 @weblogin.get("/auth/authorize")
