@@ -17,7 +17,7 @@ from flask import Flask
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from .config import DEVELOPMENT_APPID, ConfigError, Settings, load_settings
+from .config import DEVELOPMENT_APPID, DEVELOPMENT_OA_APPID, ConfigError, Settings, load_settings
 from .errors import StartupError
 from .keys import KeyDirectory, KeyManager, KeyPolicy
 from .keys.directory import NoKeys
@@ -113,9 +113,21 @@ def create_app(
     )
 
     from .web import http, ratelimit, views
+    from .web.weblogin import weblogin
+    from .weblogin import PollGate, WebLogin, waiting_polls
+
+    app.extensions["issuer.weblogin"] = WebLogin(service, lambda: keys().data_keys)
+    app.extensions["issuer.pollgate"] = PollGate(waiting_polls(environ))
 
     http.install(app, observe=metrics.observe_request if metrics else None)
-    for blueprint in (views.auth, views.api, views.wechat_data, views.discovery, views.health):
+    for blueprint in (
+        views.auth,
+        views.api,
+        views.wechat_data,
+        views.discovery,
+        views.health,
+        weblogin,
+    ):
         app.register_blueprint(blueprint)
     ratelimit.install(app, settings)  # per client IP and user; shared through Redis
     wechat.budget = ratelimit.limits_of(app).hit_app  # per app, before WeChat's quota
@@ -202,10 +214,14 @@ def _mount_emulator(app: Flask, settings: Settings) -> None:
 
     if not settings.development:
         raise ConfigError("ISSUER_ENV", "the WeChat emulator never runs in production")
-    # Only the built-in development app, whose secret this process made up: never a real one.
-    if [item.appid for item in settings.apps] != [DEVELOPMENT_APPID]:
-        raise ConfigError("ISSUER_WECHAT_API_BASE", "the emulator plays its own app only")
-    emulator = WeChatEmulator({DEVELOPMENT_APPID: settings.apps[0].secret})
+    # Only the built-in development apps, whose secrets this process made up: never a real one.
+    built_in = {DEVELOPMENT_APPID, DEVELOPMENT_OA_APPID}
+    if not {item.appid for item in settings.apps} <= built_in:
+        raise ConfigError("ISSUER_WECHAT_API_BASE", "the emulator plays its own apps only")
+    emulator = WeChatEmulator(
+        {item.appid: item.secret for item in settings.apps},
+        official_accounts=[item.appid for item in settings.apps if item.kind == "officialaccount"],
+    )
     app.extensions["issuer.emulator"] = emulator
     app.wsgi_app = DispatcherMiddleware(  # type: ignore[method-assign]
         app.wsgi_app, {"/_wechat": emulator.app}

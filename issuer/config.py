@@ -42,6 +42,17 @@ APPID_PATTERN = re.compile(r"wx[0-9a-fA-F]{16}")
 DEVELOPMENT_APPID = "wxde000000000000de"
 # The shortest ISSUER_METRICS_TOKEN taken: secrets.token_urlsafe(32) gives 43 characters.
 METRICS_TOKEN_MIN_LENGTH = 32
+# Web clients (issuer as an OAuth 2.0 authorization server, RFC 6749 §4.1): ``h5`` pages inside
+# WeChat log in through an official account; ``web`` (PC) sites by scanning a mini-program code.
+CLIENT_KINDS = {"h5": "officialaccount", "web": "miniprogram"}
+CLIENT_SCOPES = ("snsapi_base", "snsapi_userinfo")
+CLIENT_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+# A mini-program page path as getwxacodeunlimit takes it: no leading slash, no query.
+PAGE_PATTERN = re.compile(r"[A-Za-z0-9_-]+(/[A-Za-z0-9_.-]+)*")
+# The official account and web clients the emulator plays in development mode.
+DEVELOPMENT_OA_APPID = "wxde0000000000000a"
+DEVELOPMENT_H5_CLIENT = "dev-h5"
+DEVELOPMENT_WEB_CLIENT = "dev-pc"
 
 
 class ConfigError(StartupError):
@@ -60,6 +71,22 @@ class WeChatApp:
     appid: str
     secret: str = field(repr=False)
     kind: str = "miniprogram"
+
+
+@dataclass(frozen=True)
+class WebClient:
+    """A web page that logs in through issuer's authorization endpoint (``[[clients]]``).
+
+    ``app`` is the official account (``h5``) or the mini-program whose code the PC shows
+    (``web``); ``redirect_uris`` are compared exactly (RFC 9700 §4.1.3).
+    """
+
+    id: str
+    kind: str
+    app: str
+    redirect_uris: tuple[str, ...] = ()
+    scope: str = "snsapi_base"
+    page: str | None = None
 
 
 @dataclass(frozen=True)
@@ -100,6 +127,12 @@ class Settings:
     # PostgreSQL connections per process: by default one per gunicorn thread, so no request
     # thread ever waits for a connection another thread holds.
     database_pool_size: int = DEFAULT_THREADS
+    clients: tuple[WebClient, ...] = ()
+    # Where WeChat's authorize page lives (the emulator's in development mode).
+    wechat_open_base: str = "https://open.weixin.qq.com"
+    # Per client IP: scan tickets created, and scan polls.
+    ratelimit_scan: str = "30/minute"
+    ratelimit_scan_poll: str = "600/minute"
 
     @property
     def development(self) -> bool:
@@ -110,6 +143,13 @@ class Settings:
         for app in self.apps:
             if app.appid == appid:
                 return app
+        return None
+
+    def client(self, client_id: str) -> WebClient | None:
+        """The configured web client with this id, or None."""
+        for client in self.clients:
+            if client.id == client_id:
+                return client
         return None
 
 
@@ -339,6 +379,9 @@ SETTINGS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "metrics": (_boolean, False),
     "metrics_token": (_metrics_token, None),
     "data_key": (_data_key, None),
+    "wechat_open_base": (_http_url, "https://open.weixin.qq.com"),
+    "ratelimit_scan": (_rate_limit, "30/minute"),
+    "ratelimit_scan_poll": (_rate_limit, "600/minute"),
 }
 # Read from the environment only: it names the file, so the file cannot set it.
 CONFIG_FILE_VARIABLE = PREFIX + "CONFIG"
@@ -367,10 +410,12 @@ def load_settings(
     warnings: list[str] = []
 
     file_apps: list[Any] = []
+    file_clients: list[Any] = []
     config_path = overrides.pop("config", None) or environ.get(CONFIG_FILE_VARIABLE)
     if config_path:
         table = _read_toml(str(config_path))
         file_apps = _apps_list(table.pop("apps", []), str(config_path))
+        file_clients = _clients_list(table.pop("clients", []), str(config_path))
         for name, value in table.items():
             if name not in SETTINGS:
                 raise ConfigError(
@@ -389,6 +434,7 @@ def load_settings(
                 warnings.append(f"unknown setting {key} ignored")
 
     override_apps = _apps_list(overrides.pop("apps", []), "overrides")
+    override_clients = _clients_list(overrides.pop("clients", []), "overrides")
     for name, value in overrides.items():
         if name not in SETTINGS:
             raise ConfigError(name, "unknown setting")
@@ -445,6 +491,14 @@ def load_settings(
         apps.append(WeChatApp(DEVELOPMENT_APPID, secrets.token_hex(16)))
     if emulate:
         values["wechat_api_base"] = values["url"].rstrip("/") + "/_wechat"
+        values["wechat_open_base"] = values["wechat_api_base"]
+    entries = file_clients + override_clients
+    if emulate and not entries and [app.appid for app in apps] == [DEVELOPMENT_APPID]:
+        # Beside its own mini-program, the emulator plays an official account and a client
+        # of each kind, so both web login flows run offline.
+        apps.append(WeChatApp(DEVELOPMENT_OA_APPID, secrets.token_hex(16), "officialaccount"))
+        entries = _development_clients(values["url"], apps)
+    clients = _clients(entries, apps)
     if not development:
         _check_production_url(values["url"], given="url" in raw)
     if values["metrics"] and values["metrics_token"] is None:
@@ -458,7 +512,13 @@ def load_settings(
     if values["database_pool_size"] is None:
         values["database_pool_size"] = _threads(environ)
     values["keys_dir"] = Path(values["keys_dir"])
-    return Settings(**values, apps=tuple(apps), emulate_wechat=emulate, warnings=tuple(warnings))
+    return Settings(
+        **values,
+        apps=tuple(apps),
+        emulate_wechat=emulate,
+        warnings=tuple(warnings),
+        clients=clients,
+    )
 
 
 def _check_production_url(url: str, *, given: bool) -> None:
@@ -530,3 +590,115 @@ def _app(entry: Any, source: str, environ: Mapping[str, str]) -> WeChatApp:
         raise ConfigError(f"apps.kind of {appid}", f"must be one of {', '.join(APP_KINDS)}", where)
     # A secret made only of digits may arrive as an int (TOML) -- it is still text.
     return WeChatApp(appid=appid, secret=str(secret).strip(), kind=kind)
+
+
+def _clients_list(entries: Any, source: str) -> list[tuple[Any, str]]:
+    if not isinstance(entries, list):
+        raise ConfigError("clients", "must be an array of tables ([[clients]])", source)
+    return [(entry, source) for entry in entries]
+
+
+def _development_clients(url: str, apps: list[WeChatApp]) -> list[tuple[Any, str]]:
+    """The clients the emulator plays in development mode: they land on its own pages."""
+    done = url.rstrip("/") + "/_wechat/dev/web-done"
+    miniprogram = next(app.appid for app in apps if app.kind == "miniprogram")
+    return [
+        (
+            {
+                "id": DEVELOPMENT_H5_CLIENT,
+                "kind": "h5",
+                "app": DEVELOPMENT_OA_APPID,
+                "redirect_uris": [done],
+                "scope": "snsapi_userinfo",
+            },
+            "",
+        ),
+        (
+            {
+                "id": DEVELOPMENT_WEB_CLIENT,
+                "kind": "web",
+                "app": miniprogram,
+                "redirect_uris": [done],
+                "page": "pages/scan/index",
+            },
+            "",
+        ),
+    ]
+
+
+def _clients(entries: list[tuple[Any, str]], apps: list[WeChatApp]) -> tuple[WebClient, ...]:
+    clients: list[WebClient] = []
+    for entry, source in entries:
+        client = _client(entry, source or None, apps)
+        if any(other.id == client.id for other in clients):
+            raise ConfigError("clients.id", f"client {client.id!r} is configured twice")
+        clients.append(client)
+    return tuple(clients)
+
+
+def _client(entry: Any, where: str | None, apps: list[WeChatApp]) -> WebClient:
+    """One ``[[clients]]`` table, checked against the apps it names."""
+    if not isinstance(entry, Mapping):
+        raise ConfigError("clients", "each [[clients]] entry must be a table", where)
+    unknown = set(entry) - {"id", "kind", "app", "redirect_uris", "scope", "page"}
+    if unknown:
+        raise ConfigError("clients", f"unknown key {sorted(unknown)[0]!r} in [[clients]]", where)
+    client_id = entry.get("id")
+    if not isinstance(client_id, str) or not CLIENT_ID_PATTERN.fullmatch(client_id):
+        raise ConfigError(
+            "clients.id", f"must be 1-64 letters, digits, '.', '_' or '-'; got {client_id!r}", where
+        )
+    kind = entry.get("kind")
+    if kind not in CLIENT_KINDS:
+        raise ConfigError(f"clients.kind of {client_id}", "must be h5 or web", where)
+    app = next((app for app in apps if app.appid == entry.get("app")), None)
+    if app is None or app.kind != CLIENT_KINDS[kind]:
+        raise ConfigError(
+            f"clients.app of {client_id}",
+            f"must be the appid of an {CLIENT_KINDS[kind]} app in [[apps]]",
+            where,
+        )
+    uris = entry.get("redirect_uris", [])
+    if not isinstance(uris, list) or not all(isinstance(uri, str) for uri in uris):
+        raise ConfigError(f"clients.redirect_uris of {client_id}", "must be a list of URLs", where)
+    for uri in uris:
+        problem = _redirect_uri_problem(uri)
+        if problem:
+            raise ConfigError(f"clients.redirect_uris of {client_id}", problem, where)
+    if kind == "h5" and not uris:
+        raise ConfigError(f"clients.redirect_uris of {client_id}", "must list one URL", where)
+    scope = entry.get("scope", "snsapi_base")
+    if kind != "h5" and "scope" in entry:
+        raise ConfigError(f"clients.scope of {client_id}", "is for h5 clients only", where)
+    if scope not in CLIENT_SCOPES:
+        raise ConfigError(
+            f"clients.scope of {client_id}", f"must be one of {', '.join(CLIENT_SCOPES)}", where
+        )
+    page = entry.get("page")
+    if kind == "web":
+        if not isinstance(page, str) or not PAGE_PATTERN.fullmatch(page):
+            raise ConfigError(
+                f"clients.page of {client_id}",
+                "must be a mini-program page path such as pages/scan/index",
+                where,
+            )
+    elif page is not None:
+        raise ConfigError(f"clients.page of {client_id}", "is for web clients only", where)
+    return WebClient(client_id, kind, app.appid, tuple(uris), scope, page)
+
+
+def _redirect_uri_problem(uri: str) -> str | None:
+    """Why ``uri`` cannot be a redirect URI (RFC 6749 §3.1.2: absolute, no fragment), or
+    None. Plain http only for loopback hosts (RFC 8252 §7.3)."""
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return f"{uri!r} is not a URL"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"{uri!r} must be an absolute https:// URL"
+    if parts.fragment or "#" in uri:
+        return f"{uri!r} must not carry a #fragment"
+    loopback = parts.hostname in ("localhost", "127.0.0.1", "::1")
+    if parts.scheme == "http" and not loopback:
+        return f"{uri!r} must be https:// (http:// only for loopback addresses)"
+    return None

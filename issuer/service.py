@@ -214,7 +214,7 @@ class AuthService:
             grace, revoked, or bound to another client; reuse also revokes the session.
         """
         session, secret, presented = self._session_of(refresh_token)
-        if client_id is not None and client_id != session.appid:
+        if client_id is not None and client_id != (session.client_id or session.appid):
             raise InvalidGrant("The refresh token was not issued to this client_id.")
         for _ in range(2):
             now = self.clock()
@@ -254,6 +254,21 @@ class AuthService:
             break
         raise InvalidGrant("The refresh token is expired or revoked; log in again.")
 
+    def open_session_pair(self, sid: str, now: float, *, is_new_user: bool = False) -> TokenPair:
+        """The first pair of a session opened by web login (its token number 0).
+
+        :raises InvalidGrant: the session is gone, revoked or expired.
+        """
+        session = self.store.get_session(sid)
+        if session is None or session.revoked_at is not None or now >= session.expires_at:
+            raise InvalidGrant("The login has ended; log in again.")
+        try:
+            secret = self.sealer.open(session.secret, refresh_secret_aad(sid))
+        except UnsealError:
+            log.error("session secret of sid=%s cannot be decrypted", sid)
+            raise InvalidGrant("The login has ended; log in again.") from None
+        return self._session_pair(session, secret, session.counter, now, is_new_user=is_new_user)
+
     def _session_of(self, refresh_token: str) -> tuple[Session, bytes, int]:
         parsed = parse_refresh_token(refresh_token)
         session = self.store.get_session(parsed.sid) if parsed else None
@@ -288,6 +303,7 @@ class AuthService:
             expires_at=session.expires_at,
             now=now,
             is_new_user=is_new_user,
+            client_id=session.client_id,
         )
 
     def _pair(
@@ -303,11 +319,13 @@ class AuthService:
         expires_at: float,
         now: float,
         is_new_user: bool,
+        client_id: str | None = None,
     ) -> TokenPair:
         claims = access_claims(
             self.policy,
             user_id=user_id,
-            appid=appid,
+            # A web client's sessions carry its id (RFC 9068 §2.2 client_id).
+            appid=client_id or appid,
             openid=openid,
             unionid=unionid,
             sid=sid,

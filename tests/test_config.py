@@ -598,7 +598,8 @@ def test_development_without_an_app_emulates_wechat(url: str | None, api_base: s
     assert settings.development
     assert settings.emulate_wechat is True
     assert settings.wechat_api_base == api_base
-    (app,) = settings.apps
+    # One mini-program; web login adds the emulator's official account beside it.
+    (app,) = [app for app in settings.apps if app.kind == "miniprogram"]
     assert app.appid
     assert app.secret
 

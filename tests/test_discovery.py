@@ -114,14 +114,15 @@ def test_metadata(client, login, path):
     token = login("alice")["access_token"]
     assert meta["issuer"] == jwt.decode(token, options={"verify_signature": False})["iss"]
     assert meta["jwks_uri"] == "https://issuer.test/.well-known/jwks.json"
-    assert meta["token_endpoint"] == "https://issuer.test/auth/refresh"
+    assert meta["token_endpoint"] == "https://issuer.test/auth/token"
     assert meta["revocation_endpoint"] == "https://issuer.test/auth/logout"
-    assert meta["grant_types_supported"] == ["refresh_token"]
+    assert meta["grant_types_supported"] == ["authorization_code", "refresh_token"]
     assert meta["token_endpoint_auth_methods_supported"] == ["none"]
     assert meta["access_token_signing_alg_values_supported"] == ["ES256"]
-    # RFC 8414 §2: required and not empty; "none" until an authorization endpoint exists.
-    assert meta["response_types_supported"] == ["none"]
-    assert "authorization_endpoint" not in meta
+    # Web login: issuer is an authorization server with PKCE (RFC 7636, S256 only).
+    assert meta["response_types_supported"] == ["code"]
+    assert meta["authorization_endpoint"] == "https://issuer.test/auth/authorize"
+    assert meta["code_challenge_methods_supported"] == ["S256"]
 
 
 def test_metadata_passes_an_rfc8414_validator(client, monkeypatch):

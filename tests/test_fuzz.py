@@ -128,6 +128,9 @@ CREDENTIALS = frozenset(
     }
 )
 
+# The web client the fuzzed app has (web login), and a well-formed PKCE challenge.
+FUZZ_WEB_CLIENT = "fuzz-pc"
+FUZZ_CHALLENGE = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
 # A field that takes any body past the 16 KiB limit (413).
 OVERSIZED = {"padding": "x" * 16 * 1024}
 # Per operation, the variants of a generated body: each is laid over the body, whose other
@@ -169,6 +172,16 @@ BODY_VARIANTS: dict[str, list[dict[str, str]]] = {
         {"code": Real.PHONE_CODE},
         {"code": Real.PHONE_CODE, **OVERSIZED},
     ],
+    # Web login: a configured web client, and refresh through the token endpoint.
+    "POST /auth/scan": [
+        {"client_id": FUZZ_WEB_CLIENT, "code_challenge": FUZZ_CHALLENGE},
+        {"client_id": FUZZ_WEB_CLIENT, "code_challenge": FUZZ_CHALLENGE, **OVERSIZED},
+    ],
+    "POST /auth/token": [
+        {"grant_type": "refresh_token", "refresh_token": Real.REFRESH_TOKEN},
+        {"grant_type": "authorization_code", "client_id": FUZZ_WEB_CLIENT},
+        {"grant_type": "refresh_token", "refresh_token": Real.REFRESH_TOKEN, **OVERSIZED},
+    ],
 }
 
 # Operations a live Bearer token opens, and the placeholder for it.
@@ -184,6 +197,9 @@ BEARER: dict[str, Real] = {
     "POST /wechat/phone": Real.ACCESS_TOKEN,
     # Logout ends the token's session, so each use gets a session of its own.
     "POST /auth/logout": Real.SESSION_ACCESS_TOKEN,
+    # The phone's half of a PC scan login.
+    "POST /auth/scan/{ticket}/scanned": Real.ACCESS_TOKEN,
+    "POST /auth/scan/{ticket}/confirm": Real.ACCESS_TOKEN,
 }
 
 
@@ -413,7 +429,8 @@ def fuzz_target(app_factory: Callable[..., Flask], wechat: WeChatEmulator) -> It
     each operation."""
     # A generous WeChat timeout: no fault here delays WeChat, but a loaded machine may, and
     # a timeout is not what this test is about.
-    server = ServerThread(app_factory(metrics=True, wechat_timeout=10))
+    web_client = {"id": FUZZ_WEB_CLIENT, "kind": "web", "app": APPID, "page": "pages/scan/index"}
+    server = ServerThread(app_factory(metrics=True, wechat_timeout=10, clients=[web_client]))
     target = FuzzTarget(server.url, wechat)
     yield target
     target.http.close()

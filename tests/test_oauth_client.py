@@ -1,24 +1,31 @@
 """Standard OAuth 2.0 clients work with issuer unchanged.
 
-A maintained client library (Authlib's ``OAuth2Session``) discovers issuer, refreshes at the
-``token_endpoint`` and revokes at the ``revocation_endpoint`` exactly as it would anywhere
-else (RFC 6749 §6, RFC 7009, RFC 8414); and the revocation endpoint follows RFC 7009 for the
+A maintained client library (Authlib's ``OAuth2Session``) discovers issuer, runs the
+authorization code flow with PKCE (web login), refreshes at the ``token_endpoint`` and
+revokes at the ``revocation_endpoint`` exactly as it would anywhere else (RFC 6749 §4.1 and
+§6, RFC 7636, RFC 7009, RFC 8414); and the revocation endpoint follows RFC 7009 for the
 requests such libraries send: ``token`` + ``token_type_hint``.
 """
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import jwt
 import pytest
 import requests
+from authlib.common.security import generate_token
 from authlib.integrations.requests_client import OAuth2Session
 from authlib.oauth2.rfc8414 import AuthorizationServerMetadata
 from flask.testing import FlaskClient
+from werkzeug.serving import make_server
 
 from issuer.wechat.emulator import WeChatEmulator
-from tests.conftest import APPID
+from tests.conftest import APPID, SECRET, ServerThread
+from tests.processes import free_port
 
 TIMEOUT = 10  # seconds, for every request to the live server
 
@@ -204,3 +211,79 @@ def test_authlib_revokes_an_access_token(issuer_url, wechat):
         meta["token_endpoint"], json={"refresh_token": pair["refresh_token"]}, timeout=TIMEOUT
     )
     assert refreshed.status_code == 400
+
+
+# -- the authorization code grant with PKCE (web login), as Authlib runs it
+
+OA_APPID = "wx3333333333333333"
+DONE = "http://127.0.0.1:9/done"  # the client's page: never fetched, only parsed
+
+
+@pytest.fixture
+def web_issuer_url(app_factory, monkeypatch) -> Iterator[tuple[str, str]]:
+    """A live issuer with an H5 client, and a loopback WeChat that knows its official
+    account: (issuer URL, WeChat URL)."""
+    monkeypatch.setenv("AUTHLIB_INSECURE_TRANSPORT", "1")
+    oa_secret = "s" * 32
+    emulator = WeChatEmulator({APPID: SECRET, OA_APPID: oa_secret}, official_accounts=[OA_APPID])
+    wechat = ServerThread(emulator.app)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    app = app_factory(
+        url=url,
+        wechat_api_base=wechat.url,
+        wechat_open_base=wechat.url,
+        apps=[
+            {"appid": APPID, "secret": SECRET},
+            {"appid": OA_APPID, "secret": oa_secret, "kind": "officialaccount"},
+        ],
+        clients=[{"id": "shop-h5", "kind": "h5", "app": OA_APPID, "redirect_uris": [DONE]}],
+    )
+    server = make_server("127.0.0.1", port, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02})
+    thread.start()
+    yield url, wechat.url
+    server.shutdown()
+    server.server_close()
+    thread.join()
+    wechat.stop()
+
+
+def test_authlib_runs_the_authorization_code_flow_with_pkce(web_issuer_url):
+    url, _ = web_issuer_url
+    meta = discover(url)
+    AuthorizationServerMetadata(meta).validate()
+    session = OAuth2Session(
+        client_id="shop-h5",
+        redirect_uri=DONE,
+        scope="snsapi_userinfo",
+        code_challenge_method="S256",
+        token_endpoint_auth_method="none",
+    )
+    session.default_timeout = TIMEOUT
+    verifier = generate_token(48)
+    authorize_url, state = session.create_authorization_url(
+        meta["authorization_endpoint"], code_verifier=verifier
+    )
+    # The browser: to WeChat's page, the person allows, back through issuer's callback.
+    wechat_page = requests.get(authorize_url, allow_redirects=False, timeout=TIMEOUT)
+    page = wechat_page.headers["Location"].split("#")[0]
+    fields = {key: values[0] for key, values in parse_qs(urlsplit(page).query).items()}
+    allowed = requests.post(
+        page, data={**fields, "user": "authlib", "action": "consent"},
+        allow_redirects=False, timeout=TIMEOUT,
+    )  # fmt: skip
+    back = requests.get(allowed.headers["Location"], allow_redirects=False, timeout=TIMEOUT)
+    assert back.headers["Location"].startswith(DONE + "?")
+
+    token = session.fetch_token(
+        meta["token_endpoint"],
+        authorization_response=back.headers["Location"],
+        state=state,
+        code_verifier=verifier,
+    )
+    claims = jwt.decode(token["access_token"], options={"verify_signature": False})
+    assert claims["client_id"] == "shop-h5"
+    assert session.get(f"{url}/me").json()["appid"] == OA_APPID
+    fresh = session.refresh_token(meta["token_endpoint"])
+    assert fresh["refresh_token"] != token["refresh_token"]

@@ -160,8 +160,8 @@ def test_document_is_openapi_3_1():
 
 def test_document_is_well_formed():
     """Every ``$ref`` resolves, every operation has an id and responses, ids are unique,
-    every response has a description, and only ``/me``, ``/me/avatar`` and ``/wechat/*``
-    require a Bearer."""
+    every response has a description, and only ``/me``, ``/me/avatar``, ``/wechat/*`` and
+    the phone's scan steps require a Bearer."""
 
     def refs(node: Any) -> list[str]:
         if isinstance(node, dict):
@@ -181,7 +181,12 @@ def test_document_is_well_formed():
             assert re.fullmatch(r"[1-5]\d\d", status), (method, path, status)
             assert resolve(response)["description"], (method, path, status)
             assert "X-Request-ID" in resolve(response)["headers"], (method, path, status)
-        needs_bearer = path in ("/me", "/me/avatar") or path.startswith("/wechat/")
+        needs_bearer = (
+            path in ("/me", "/me/avatar")
+            or path.startswith("/wechat/")
+            # The phone's half of a PC scan login (web login).
+            or path in ("/auth/scan/{ticket}/scanned", "/auth/scan/{ticket}/confirm")
+        )
         security = operation.get("security", DOC.get("security", []))
         assert (security == [{"bearerAuth": []}]) == needs_bearer, (method, path)
 
@@ -270,7 +275,10 @@ def test_error_responses_reference_the_error_schema(path, method, operation):
         if int(status) < 400:
             continue
         content = resolve(response)["content"]
-        assert list(content) == ["application/json"], (method, path, status)
+        # A browser landing on web login's pages gets a readable page (SPEC §11) when it
+        # asks for HTML; every other client the JSON error.
+        browser = {"text/html"} if path in ("/auth/authorize", "/auth/wechat/callback") else set()
+        assert set(content) - browser == {"application/json"}, (method, path, status)
         assert uses_error_schema(content["application/json"]["schema"]), (method, path, status)
         assert "Cache-Control" in resolve(response)["headers"], (method, path, status)
 

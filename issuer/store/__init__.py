@@ -14,9 +14,12 @@ dialects of the SQL written once in ``sql.py``. Contract common to every backend
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ..sealing import Sealed
+
+if TYPE_CHECKING:
+    from ..oauth.grants import AuthorizationRequest, IssuedCode, ScanTicket, TicketStatus
 
 
 class StoreUnavailable(Exception):
@@ -64,6 +67,8 @@ class Session:
     created_at: float
     expires_at: float
     revoked_at: float | None
+    # The web client (``[[clients]]`` id) the session was opened for; None: the app itself.
+    client_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -143,6 +148,7 @@ class Store(Protocol):
         now: float,
         code_hash: str | None = None,
         forget_codes_before: float | None = None,
+        client_id: str | None = None,
     ) -> LoginOutcome:
         """Find or create the user of ``(appid, openid)``, store its new ``session_key``, open
         ``session`` for it, and remember ``code_hash`` as answered by it (forgetting code
@@ -150,6 +156,7 @@ class Store(Protocol):
 
         A new identity whose ``unionid`` another user already holds joins that user
         (``is_new_user`` false); a known user gets the unionid as :meth:`link_unionid` does.
+        ``client_id`` names the web client the session is for (None: the app itself).
         """
         ...
 
@@ -294,6 +301,55 @@ class Store(Protocol):
     def drop_data_key_check(self, kid: str) -> None:
         """Forget the check value of a data key that no longer seals anything."""
         ...
+
+    # -- web login (``weblogin.py``): issuer as an OAuth 2.0 authorization server
+
+    def put_authorization_request(self, request: AuthorizationRequest) -> None: ...
+
+    def take_authorization_request(
+        self, request_id: str, now: float
+    ) -> AuthorizationRequest | None:
+        """The request, taken once: None when unknown, expired or already taken."""
+        ...
+
+    def put_code(self, code: IssuedCode) -> None: ...
+
+    def spend_code(self, code_hash: str, now: float) -> tuple[IssuedCode, bool] | None:
+        """Mark a code used: the code and whether this was its first use, or None."""
+        ...
+
+    def open_session(
+        self, appid: str, openid: str, session: NewSession, client_id: str, now: float
+    ) -> bool:
+        """Open a session for a known identity; False when the identity is gone."""
+        ...
+
+    def put_ticket(self, ticket: ScanTicket) -> None: ...
+
+    def get_ticket(self, ticket_id: str) -> ScanTicket | None: ...
+
+    def move_ticket(
+        self,
+        ticket_id: str,
+        to: TicketStatus,
+        *,
+        from_: frozenset[TicketStatus],
+        now: float,
+        user_id: str | None = None,
+        session_id: str | None = None,
+    ) -> bool:
+        """Move a live ticket from one of ``from_`` to ``to`` (only the scanning user's)."""
+        ...
+
+    def deliver_ticket(self, ticket_id: str, now: float) -> str | None:
+        """The session of a confirmed ticket, handed out once, or None."""
+        ...
+
+    def ticket_qrcode(self, ticket_id: str) -> bytes | None: ...
+
+    def put_ticket_qrcode(self, ticket_id: str, png: bytes) -> None: ...
+
+    def prune_web_login(self, now: float) -> int: ...
 
     def close(self) -> None:
         """Release the connections held for the caller: SQLite's connection of this thread,

@@ -42,6 +42,9 @@ from . import (
     StoreUnavailable,
     User,
 )
+from .weblogin import MIGRATION as WEB_LOGIN_MIGRATION
+from .weblogin import WebLoginRows
+from .weblogin import prune_rows as prune_web_login_rows
 
 T = TypeVar("T")
 
@@ -134,6 +137,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX avatars_user ON avatars(user_id)",
         "CREATE INDEX login_codes_session ON login_codes(session_id)",
     ),
+    WEB_LOGIN_MIGRATION,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -156,21 +160,21 @@ SELECT_USER = "SELECT id, unionid, created_at, nickname, avatar_url, merged_into
 SELECT_IDENTITY = """SELECT appid, openid, user_id, session_key, session_key_kid, created_at,
     session_key_updated_at, phone, phone_kid, country_code, phone_updated_at FROM identities"""
 SELECT_SESSION = """SELECT s.id, s.user_id, s.appid, s.openid, u.unionid, s.secret,
-    s.secret_kid, s.counter, s.rotated_at, s.created_at, s.expires_at, s.revoked_at
-    FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.id = ?"""
+    s.secret_kid, s.counter, s.rotated_at, s.created_at, s.expires_at, s.revoked_at,
+    s.client_id FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.id = ?"""
 
 
 # A session, its user, and (LEFT JOIN) each identity of the user that holds a phone number:
 # one row per such identity, or one row with NULLs in its place.
 SELECT_PROFILE = """SELECT s.id, s.user_id, s.appid, s.openid, u.unionid, s.secret,
     s.secret_kid, s.counter, s.rotated_at, s.created_at, s.expires_at, s.revoked_at,
-    u.id, u.unionid, u.created_at, u.nickname, u.avatar_url, u.merged_into,
+    s.client_id, u.id, u.unionid, u.created_at, u.nickname, u.avatar_url, u.merged_into,
     i.appid, i.openid, i.user_id, i.session_key, i.session_key_kid, i.created_at,
     i.session_key_updated_at, i.phone, i.phone_kid, i.country_code, i.phone_updated_at
     FROM sessions s JOIN users u ON u.id = s.user_id
     LEFT JOIN identities i ON i.user_id = s.user_id AND i.phone IS NOT NULL
     WHERE s.id = ?"""
-SESSION_COLUMNS = 12
+SESSION_COLUMNS = 13
 USER_COLUMNS = 6
 
 
@@ -202,7 +206,7 @@ def new_user_id() -> str:
     return "usr_" + secrets.token_urlsafe(16)
 
 
-class SQLStore(ABC):
+class SQLStore(WebLoginRows, ABC):
     """Every :class:`issuer.store.Store` method on top of a dialect's four primitives."""
 
     # Column types the migration templates name, in this dialect's spelling.
@@ -287,6 +291,7 @@ class SQLStore(ABC):
         now: float,
         code_hash: str | None = None,
         forget_codes_before: float | None = None,
+        client_id: str | None = None,
     ) -> LoginOutcome:
         def work(db: Executor) -> LoginOutcome:
             # Update first, read the owner from the same statement: the row lock it takes
@@ -326,8 +331,8 @@ class SQLStore(ABC):
                 )
             db.execute(
                 """INSERT INTO sessions (id, user_id, appid, openid, secret, secret_kid,
-                counter, rotated_at, created_at, expires_at)
-                VALUES (?, ?, ?, ?, ?, ?, 0, NULL, ?, ?)""",
+                counter, rotated_at, created_at, expires_at, client_id)
+                VALUES (?, ?, ?, ?, ?, ?, 0, NULL, ?, ?, ?)""",
                 (
                     session.id,
                     user_id,
@@ -337,6 +342,7 @@ class SQLStore(ABC):
                     session.secret.kid,
                     now,
                     session.expires_at,
+                    client_id,
                 ),
             )
             if forget_codes_before is not None:
@@ -599,6 +605,7 @@ class SQLStore(ABC):
             sessions = db.execute(
                 "DELETE FROM sessions WHERE expires_at <= ? OR revoked_at IS NOT NULL", (now,)
             ).rowcount
+            prune_web_login_rows(db, now)  # expired web login requests, codes and tickets
             return {"sessions": sessions, "login_codes": codes}
 
         return self._write(work)
@@ -681,7 +688,7 @@ class SQLStore(ABC):
 
 def _session(row: Sequence[Any]) -> Session:
     (id_, user_id, appid, openid, unionid, secret, secret_kid, counter, rotated_at,
-     created_at, expires_at, revoked_at) = row  # fmt: skip
+     created_at, expires_at, revoked_at, client_id) = row  # fmt: skip
     return Session(
         id=id_,
         user_id=user_id,
@@ -694,6 +701,7 @@ def _session(row: Sequence[Any]) -> Session:
         created_at=created_at,
         expires_at=expires_at,
         revoked_at=revoked_at,
+        client_id=client_id,
     )
 
 

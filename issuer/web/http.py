@@ -97,6 +97,19 @@ class Params:
             raise InvalidRequest(f"{name} must be a string.")
         return value
 
+    def flag(self, name: str) -> bool:
+        """The required boolean ``name``: JSON ``true``/``false``, or in a form the text
+        ``true``/``false``.
+
+        :raises InvalidRequest: missing, or anything else.
+        """
+        value = self._fields.get(name)
+        if value in ("true", "false"):
+            return bool(value == "true")
+        if not isinstance(value, bool):
+            raise InvalidRequest(f"{name} must be true or false.")
+        return value
+
 
 def request_body(limit: int = MAX_BODY_BYTES) -> bytes:
     """The whole request body, at most ``limit`` bytes (:data:`MAX_BODY_BYTES` unless a view

@@ -158,6 +158,13 @@ def install(app: Flask, settings: Settings) -> Limiter:
         "auth.refresh": settings.ratelimit_refresh,
         "api.me": settings.ratelimit_me,
         **dict.fromkeys(WECHAT_ENDPOINTS, settings.ratelimit_wechat),
+        # Web login: each authorize and callback calls WeChat or writes, like a login.
+        "weblogin.authorize": settings.ratelimit_login,
+        "weblogin.callback": settings.ratelimit_login,
+        "weblogin.token": settings.ratelimit_refresh,
+        "weblogin.scan_create": settings.ratelimit_scan,
+        "weblogin.scan_qrcode": settings.ratelimit_scan_poll,
+        "weblogin.scan_poll": settings.ratelimit_scan_poll,
     }
 
     @limiter.request_filter

@@ -358,23 +358,21 @@ def openapi() -> Response:
 def metadata() -> Response:
     """RFC 8414 authorization server metadata (also served as OpenID discovery).
 
-    ``response_types_supported`` is REQUIRED and must not be empty (RFC 8414 §2), yet issuer
-    has no authorization endpoint: its only grant is ``refresh_token``, used at the token
-    endpoint alone (RFC 7591 §2.1 pairs that grant with no response type). ``"none"`` is the
-    registered response type that issues nothing at the authorization endpoint (OAuth 2.0
-    Multiple Response Type Encoding Practices §4), the one value that claims no capability
-    issuer lacks. It becomes ``["code"]`` with the authorization code grant and its
-    ``authorization_endpoint``.
+    The token endpoint is ``/auth/token``, for the authorization code grant of web login
+    (PKCE ``S256`` only, RFC 9700 §2.1.1) and for refresh; ``/auth/refresh`` stays as the
+    mini-program's. Clients are public: no client authentication (``none``).
     """
     svc = service()
     base = svc.settings.url.rstrip("/")
     body: dict[str, Any] = {
         "issuer": svc.settings.url,
         "jwks_uri": f"{base}/.well-known/jwks.json",
-        "token_endpoint": f"{base}/auth/refresh",
+        "authorization_endpoint": f"{base}/auth/authorize",
+        "token_endpoint": f"{base}/auth/token",
         "revocation_endpoint": f"{base}/auth/logout",
-        "grant_types_supported": ["refresh_token"],
-        "response_types_supported": ["none"],
+        "grant_types_supported": ["authorization_code", "refresh_token"],
+        "response_types_supported": ["code"],
+        "code_challenge_methods_supported": ["S256"],
         "token_endpoint_auth_methods_supported": ["none"],
         "revocation_endpoint_auth_methods_supported": ["none"],
         "access_token_signing_alg_values_supported": list(svc.keys().algorithms),

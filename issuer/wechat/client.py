@@ -41,6 +41,16 @@ from ..errors import (
 log = logging.getLogger("issuer.wechat")
 
 CODE_TO_SESSION = "/sns/jscode2session"
+# Web pages inside WeChat (official-account OAuth, 网页授权):
+# https://developers.weixin.qq.com/doc/offiaccount/OA_Web_Apps/Wechat_webpage_authorization.html
+WEB_CODE_EXCHANGE = "/sns/oauth2/access_token"
+WEB_USERINFO = "/sns/userinfo"
+MISSING_CODE = 41008
+WXA_CODE = "/wxa/getwxacodeunlimit"
+INVALID_PAGE = 41030
+# A mini-program code is a PNG (or a JPEG); some ten to a few hundred KiB.
+IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")
+MAX_IMAGE_BYTES = 2 * 1024 * 1024
 BUSY = -1
 INVALID_CODE = 40029
 CODE_USED = 40163
@@ -76,6 +86,7 @@ MAX_ANSWER_BYTES = 64 * 1024
 # upstream answering arbitrary numbers cannot grow the set of label values.
 KNOWN_ERRCODES = frozenset(
     {0, BUSY, INVALID_CODE, CODE_USED, HIGH_RISK_USER, INVALID_SIGNATURE, RATE_LIMITED}
+    | {MISSING_CODE, INVALID_PAGE}
     | {INVALID_OPENID, PHONE_QUOTA_EXHAUSTED, DAILY_QUOTA_EXHAUSTED}
     | TOKEN_REJECTED
     | CREDENTIAL_ERRCODES
@@ -124,6 +135,31 @@ class CodeSession:
     openid: str
     session_key: str = field(repr=False)
     unionid: str | None = None
+
+
+@dataclass(frozen=True)
+class WebAuthorization:
+    """What ``sns/oauth2/access_token`` answers for an authorize-page code.
+
+    ``unionid`` comes only with ``snsapi_userinfo`` (and an app bound to an Open Platform
+    account); ``snapshot`` is ``is_snapshotuser=1``: a visitor of a page snapshot (朋友圈
+    快照页) with a virtual openid, who must not get an account.
+    """
+
+    openid: str
+    access_token: str = field(repr=False)
+    scope: str
+    unionid: str | None = None
+    snapshot: bool = False
+
+
+@dataclass(frozen=True)
+class WebUserInfo:
+    """The profile ``sns/userinfo`` gives (``snsapi_userinfo`` only)."""
+
+    nickname: str | None
+    avatar_url: str | None
+    unionid: str | None
 
 
 def _environ_ca_bundle() -> str | bool:
@@ -330,6 +366,132 @@ class WeChatClient:
             return False
         return True
 
+    def web_authorization(self, app: WeChatApp, code: str) -> WebAuthorization:
+        """Exchange the code of WeChat's authorize page (``sns/oauth2/access_token``).
+
+        :raises IssuerError: ``invalid_grant`` (40029 invalid or expired, 40163 used, 41008
+            missing), ``upstream_misconfigured`` (40013, 40125 …), ``slow_down`` (45011),
+            ``temporarily_unavailable`` (-1 twice, 5xx, garbage), ``upstream_timeout``.
+        """
+        body = self._call(
+            "GET",
+            WEB_CODE_EXCHANGE,
+            app,
+            params={
+                "appid": app.appid,
+                "secret": app.secret,
+                "code": code,
+                "grant_type": "authorization_code",
+            },
+            redact=(app.secret, code),
+            refusals={
+                INVALID_CODE: lambda: InvalidGrant("WeChat's code is invalid or expired."),
+                CODE_USED: lambda: InvalidGrant("WeChat's code was already used."),
+                MISSING_CODE: lambda: InvalidGrant("WeChat sent no code."),
+            },
+        )
+        openid, token = body.get("openid"), body.get("access_token")
+        unionid = body.get("unionid") or None
+        if not (_text(openid) and _text(token) and (unionid is None or _text(unionid))):
+            log.error("WeChat answered %s without openid/access_token (app %s)",
+                      WEB_CODE_EXCHANGE, app.appid)  # fmt: skip
+            raise TemporarilyUnavailable("WeChat sent an unusable answer; retry shortly.")
+        return WebAuthorization(
+            openid=str(openid),
+            access_token=str(token),
+            scope=str(body.get("scope") or ""),
+            unionid=unionid,
+            snapshot=body.get("is_snapshotuser") in (1, "1"),
+        )
+
+    def web_userinfo(self, app: WeChatApp, authorization: WebAuthorization) -> WebUserInfo:
+        """The user's nickname, avatar and unionid (``sns/userinfo``, ``snsapi_userinfo``).
+
+        :raises IssuerError: as :meth:`web_authorization`; a rejected web access token
+            (40001, 42001) or openid (40003) is ``temporarily_unavailable``: it was minted
+            a moment ago, so WeChat is at fault.
+        """
+        refused = lambda: TemporarilyUnavailable(  # noqa: E731
+            "WeChat refused its own web access token; log in again."
+        )
+        body = self._call(
+            "GET",
+            WEB_USERINFO,
+            app,
+            params={
+                "access_token": authorization.access_token,
+                "openid": authorization.openid,
+                "lang": "zh_CN",
+            },
+            redact=(authorization.access_token,),
+            refusals={code: refused for code in (*TOKEN_REJECTED, INVALID_OPENID)},
+        )
+        nickname, avatar, unionid = (
+            body.get("nickname"),
+            body.get("headimgurl"),
+            body.get("unionid"),
+        )
+        return WebUserInfo(
+            nickname=str(nickname) if _text(nickname) else None,
+            avatar_url=str(avatar)
+            if _text(avatar) and str(avatar).startswith("https://")
+            else None,
+            unionid=str(unionid) if _text(unionid) else None,
+        )
+
+    def wxa_code(self, app: WeChatApp, access_token: str, scene: str, page: str) -> bytes:
+        """The PNG of an unlimited mini-program code (``wxa/getwxacodeunlimit``) opening
+        ``page`` with ``scene``. WeChat answers the image, or JSON with an errcode.
+        https://developers.weixin.qq.com/miniprogram/dev/OpenApiDoc/qrcode-link/qr-code/getUnlimitedQRCode.html
+
+        :raises ServerTokenRejected: the access token is invalid or expired.
+        :raises IssuerError: ``upstream_misconfigured`` (41030: the page is not in the
+            published mini-program; credentials), ``temporarily_unavailable`` and the rest as
+            for every call.
+        """
+        if self.budget is not None:
+            self.budget(app.appid)
+        started = time.monotonic()
+        try:
+            response = self._http().post(
+                self.api_base + WXA_CODE,
+                params={"access_token": access_token},
+                json={"scene": scene, "page": page, "check_path": False, "is_hyaline": False},
+                timeout=self.timeout,
+                allow_redirects=False,
+                stream=True,
+            )
+            with response:
+                content = self._read_body(response, started + self.timeout, MAX_IMAGE_BYTES)
+        except (requests.Timeout, _Deadline, ReadTimeoutError):
+            self._observed(WXA_CODE, "timeout", started)
+            raise UpstreamTimeout() from None
+        except (requests.RequestException, HTTPError) as error:
+            self._observed(WXA_CODE, "transport", started)
+            log.warning("WeChat %s unreachable (app %s): %s", WXA_CODE, app.appid,
+                        type(error).__name__)  # fmt: skip
+            raise TemporarilyUnavailable("WeChat could not be reached; retry shortly.") from None
+        if response.status_code == 200 and content and content.startswith(IMAGE_MAGIC):
+            self._observed(WXA_CODE, "0", started)
+            return content
+        try:
+            body = json.loads(content or b"")
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            body = None
+        if response.status_code != 200 or not isinstance(body, dict):
+            self._observed(WXA_CODE, "bad_response", started)
+            raise TemporarilyUnavailable("WeChat sent an unusable answer; retry shortly.")
+        errcode = body.get("errcode")
+        self._observed(WXA_CODE, errcode_label(errcode), started)
+        if errcode in TOKEN_REJECTED:
+            raise ServerTokenRejected(int(errcode))
+        if errcode == INVALID_PAGE:
+            log.error("WeChat: page is not in the published mini-program %s (41030)", app.appid)
+            raise UpstreamMisconfigured()
+        if not isinstance(errcode, int):
+            raise TemporarilyUnavailable("WeChat sent an unusable answer; retry shortly.")
+        raise self._error(errcode, body, app.appid, (access_token,))
+
     def _call(
         self,
         method: str,
@@ -348,7 +510,7 @@ class WeChatClient:
         the rest map as in :meth:`_error`.
         """
         for attempt in (1, 2):
-            if self.budget is not None and path != CODE_TO_SESSION:
+            if self.budget is not None and path not in (CODE_TO_SESSION, WEB_CODE_EXCHANGE):
                 self.budget(app.appid)  # a busy retry is a call too
             body = self._request(method, path, app.appid, params, json_body)
             errcode = body.get("errcode", 0)
@@ -438,7 +600,9 @@ class WeChatClient:
             self._observe(path, result, time.monotonic() - started)
 
     @staticmethod
-    def _read_body(response: requests.Response, deadline: float) -> bytes | None:
+    def _read_body(
+        response: requests.Response, deadline: float, limit: int = MAX_ANSWER_BYTES
+    ) -> bytes | None:
         """The body, or None when it is larger than any WeChat answer could be.
 
         ``timeout`` in requests bounds each socket read, not the whole answer; the deadline
@@ -450,7 +614,7 @@ class WeChatClient:
         size = 0
         while chunk := response.raw.read1(8192, decode_content=True):  # what has arrived
             size += len(chunk)
-            if size > MAX_ANSWER_BYTES:
+            if size > limit:
                 return None
             chunks.append(chunk)
             if time.monotonic() > deadline:

@@ -22,15 +22,19 @@ import hashlib
 import hmac
 import json
 import secrets
+import struct
 import threading
 import time
+import zlib
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from urllib.parse import urlencode
 
 from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from flask import Flask, Response, request
+from markupsafe import escape
 
 CODE_LIFETIME = 300.0
 SERVER_TOKEN_LIFETIME = 7200
@@ -67,6 +71,23 @@ class _Code:
     used: bool = False
 
 
+@dataclass
+class _WebCode:
+    """A code of the authorize page (official-account OAuth), and what it stands for."""
+
+    appid: str
+    openid: str
+    user: str
+    scope: str
+    snapshot: bool
+    expires_at: float
+    used: bool = False
+
+
+WEB_SCOPES = ("snsapi_base", "snsapi_userinfo")
+WEB_TOKEN_LIFETIME = 7200
+
+
 def _stable_id(prefix: str, *parts: str) -> str:
     digest = hmac.new(IDENTITY_SEED, "\x00".join(parts).encode(), hashlib.sha256).digest()
     return prefix + base64.urlsafe_b64encode(digest).decode()[:27]
@@ -81,9 +102,14 @@ class WeChatEmulator:
         *,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
+        official_accounts: Iterable[str] = (),
     ) -> None:
-        """:param apps: appid -> secret of the apps it knows."""
+        """:param apps: appid -> secret of the apps it knows.
+        :param official_accounts: which of them are official accounts (web login's H5 pages):
+            ``wx.login`` without an appid picks the one mini-program among the others.
+        """
         self.apps = dict(apps)
+        self.official_accounts = frozenset(official_accounts)
         self.clock = clock
         self.sleep = sleep
         self.calls: list[str] = []  # API paths called, in order (for tests)
@@ -96,6 +122,8 @@ class WeChatEmulator:
         self._server_tokens: dict[str, tuple[str, float]] = {}  # token -> (appid, expires_at)
         self._current_token: dict[str, str] = {}  # appid -> its current token
         self.token_fetches: dict[str, int] = {}  # appid -> stable_token calls that succeeded
+        self._web_codes: dict[str, _WebCode] = {}
+        self._web_tokens: dict[str, tuple[str, str, str, float]] = {}  # -> appid, openid, user
         self._faults: deque[Fault] = deque()
         self._lock = threading.Lock()
         self.app = self._build()
@@ -140,6 +168,19 @@ class WeChatEmulator:
         """The current session_key of a user, as WeChat knows it."""
         with self._lock:
             return self._session_keys.get((appid, openid))
+
+    def mint_web_code(
+        self, appid: str, user: str, scope: str = "snsapi_base", *, snapshot: bool = False
+    ) -> str:
+        """What WeChat's authorize page puts on the redirect when ``user`` consents (or, with
+        ``snapshot``, when a page-snapshot visitor taps through: a virtual openid)."""
+        openid = _stable_id("osnap", appid, user) if snapshot else self.identity(appid, user)[0]
+        code = secrets.token_hex(16)
+        with self._lock:
+            self._forget_expired()
+            entry = _WebCode(appid, openid, user, scope, snapshot, self.clock() + CODE_LIFETIME)
+            self._web_codes[code] = entry
+        return code
 
     @staticmethod
     def phone_of(user: str) -> str:
@@ -212,7 +253,7 @@ class WeChatEmulator:
 
     def _forget_expired(self) -> None:
         now = self.clock()
-        for codes in (self._codes, self._phone_codes):
+        for codes in (self._codes, self._phone_codes, self._web_codes):
             for code in [code for code, entry in codes.items() if entry.expires_at <= now]:
                 del codes[code]
         if len(self.calls) > MAX_CALLS_KEPT:
@@ -276,11 +317,40 @@ class WeChatEmulator:
             except KeyError:
                 return _json({"errcode": 40097, "errmsg": "call wx.login first"}, status=400)
 
+        @app.get("/connect/oauth2/authorize")
+        def authorize_page() -> Response:
+            return self._authorize_page()
+
+        @app.post("/connect/oauth2/authorize")
+        def authorize_decision() -> Response:
+            return self._authorize_decision()
+
+        @app.get("/sns/oauth2/access_token")
+        def web_access_token() -> Response:
+            return self._answer("/sns/oauth2/access_token", self._web_access_token)
+
+        @app.get("/sns/userinfo")
+        def web_userinfo() -> Response:
+            return self._answer("/sns/userinfo", self._web_userinfo)
+
+        @app.post("/wxa/getwxacodeunlimit")
+        def wxa_code() -> Response:
+            return self._wxa_code()
+
+        @app.get("/dev/web-done")
+        def web_done() -> Response:
+            # Where the development clients land: shows what came back on the URL.
+            rows = "".join(
+                f"<dt>{escape(key)}</dt><dd><code>{escape(value)}</code></dd>"
+                for key, value in request.args.items()
+            )
+            return _page("Back from login", f"<dl>{rows}</dl>")
+
         @app.post("/dev/wx.login")
         def wx_login() -> Response:
             body = request.get_json(silent=True)
             fields = body if isinstance(body, dict) else (request.form or request.args)
-            appid = fields.get("appid") or (next(iter(self.apps)) if len(self.apps) == 1 else "")
+            appid = fields.get("appid") or self._only_miniprogram()
             user = fields.get("user") or None
             union = fields.get("unionid", True)
             if (
@@ -300,10 +370,15 @@ class WeChatEmulator:
 
         return app
 
+    def _only_miniprogram(self) -> str:
+        """The appid ``wx.login`` means when none is given: the one mini-program, or ""."""
+        miniprograms = [appid for appid in self.apps if appid not in self.official_accounts]
+        return miniprograms[0] if len(miniprograms) == 1 else ""
+
     def _dev_fields(self) -> tuple[str, str | None] | Response:
         body = request.get_json(silent=True)
         fields = body if isinstance(body, dict) else request.values
-        appid = fields.get("appid") or (next(iter(self.apps)) if len(self.apps) == 1 else "")
+        appid = fields.get("appid") or self._only_miniprogram()
         user = fields.get("user") or None
         if not isinstance(appid, str) or not isinstance(user, str | None):
             return _json({"errcode": 40097, "errmsg": "invalid args"}, status=400)
@@ -453,6 +528,194 @@ class WeChatEmulator:
         if not hmac.compare_digest(expected, args.get("signature", "")):
             return {"errcode": 87009, "errmsg": "invalid signature"}
         return {"errcode": 0, "errmsg": "ok"}
+
+    # -- official-account OAuth (网页授权): the authorize page and its two APIs
+
+    def _authorize_params(self, fields: Mapping[str, str]) -> dict[str, str] | Response:
+        appid, scope = fields.get("appid", ""), fields.get("scope", "")
+        redirect_uri = fields.get("redirect_uri", "")
+        if appid not in self.apps or appid not in self.official_accounts:
+            return _page("Error", "<p>appid is not an official account (10003)</p>", 400)
+        if fields.get("response_type") != "code" or scope not in WEB_SCOPES:
+            return _page("Error", "<p>response_type or scope is wrong (10005)</p>", 400)
+        if not redirect_uri.startswith(("http://", "https://")):
+            return _page("Error", "<p>redirect_uri is wrong (10003)</p>", 400)
+        return {
+            "appid": appid,
+            "redirect_uri": redirect_uri,
+            "response_type": "code",
+            "scope": scope,
+            "state": fields.get("state", ""),
+        }
+
+    def _authorize_page(self) -> Response:
+        checked = self._authorize_params(request.args)
+        if isinstance(checked, Response):
+            return checked
+        hidden = "".join(
+            f'<input type="hidden" name="{escape(key)}" value="{escape(value)}">'
+            for key, value in checked.items()
+        )
+        asks = (
+            "your nickname and avatar" if checked["scope"] == "snsapi_userinfo" else "who you are"
+        )
+        form = (
+            f"<p>A page of official account <code>{escape(checked['appid'])}</code> asks for "
+            f'{asks}.</p><form method="post">{hidden}'
+            '<label>Test user <input name="user" value="alice" required></label> '
+            '<button name="action" value="consent">Allow</button> '
+            '<button name="action" value="refuse">Refuse</button> '
+            '<button name="action" value="snapshot">Be a page-snapshot visitor</button>'
+            "</form>"
+        )
+        return _page("WeChat authorization (emulated)", form)
+
+    def _authorize_decision(self) -> Response:
+        checked = self._authorize_params(request.form)
+        if isinstance(checked, Response):
+            return checked
+        action, user = request.form.get("action", ""), request.form.get("user", "").strip()
+        if action not in ("consent", "refuse", "snapshot") or not user:
+            return _page("Error", "<p>choose a test user and an action</p>", 400)
+        query: dict[str, str] = {"state": checked["state"]}
+        if action != "refuse":
+            # Refusing sends the browser back with the state alone, as WeChat does.
+            code = self.mint_web_code(
+                checked["appid"], user, checked["scope"], snapshot=action == "snapshot"
+            )
+            query = {"code": code, **query}
+        separator = "&" if "?" in checked["redirect_uri"] else "?"
+        target = checked["redirect_uri"] + separator + urlencode(query)
+        return Response(status=302, headers={"Location": target})
+
+    def _app_credentials(self) -> dict[str, object] | None:
+        appid, secret = request.args.get("appid", ""), request.args.get("secret", "")
+        if not appid:
+            return {"errcode": 41002, "errmsg": "appid missing"}
+        if appid not in self.apps:
+            return {"errcode": 40013, "errmsg": "invalid appid"}
+        if not secret:
+            return {"errcode": 41004, "errmsg": "appsecret missing"}
+        if not hmac.compare_digest(secret, self.apps[appid]):
+            return {"errcode": 40125, "errmsg": "invalid appsecret"}
+        return None
+
+    def _web_access_token(self) -> dict[str, object]:
+        refused = self._app_credentials()
+        if refused is not None:
+            return refused
+        appid, code = request.args["appid"], request.args.get("code", "")
+        if request.args.get("grant_type") != "authorization_code":
+            return {"errcode": 40002, "errmsg": "invalid grant_type"}
+        if not code:
+            return {"errcode": 41008, "errmsg": "missing code"}
+        with self._lock:
+            entry = self._web_codes.get(code)
+            if entry is None or entry.appid != appid or self.clock() >= entry.expires_at:
+                return {"errcode": 40029, "errmsg": "invalid code"}
+            if entry.used:
+                return {"errcode": 40163, "errmsg": "code been used"}
+            entry.used = True
+            token = secrets.token_hex(16)
+            self._web_tokens[token] = (appid, entry.openid, entry.user, self.clock() + 7200)
+        answer: dict[str, object] = {
+            "access_token": token,
+            "expires_in": WEB_TOKEN_LIFETIME,
+            "refresh_token": secrets.token_hex(16),
+            "openid": entry.openid,
+            "scope": entry.scope,
+        }
+        if entry.snapshot:
+            answer["is_snapshotuser"] = 1
+        elif entry.scope == "snsapi_userinfo":
+            # unionid comes only with snsapi_userinfo.
+            answer["unionid"] = self.identity(appid, entry.user)[1]
+        return answer
+
+    def _web_userinfo(self) -> dict[str, object]:
+        token, openid = request.args.get("access_token", ""), request.args.get("openid", "")
+        with self._lock:
+            known = self._web_tokens.get(token)
+        if known is None or self.clock() >= known[3]:
+            return {"errcode": 42001 if known else 40001, "errmsg": "invalid access_token"}
+        appid, token_openid, user, _ = known
+        if openid != token_openid:
+            return {"errcode": 40003, "errmsg": "invalid openid"}
+        return {
+            "openid": openid,
+            "nickname": user,
+            "sex": 0,
+            "province": "",
+            "city": "",
+            "country": "",
+            "headimgurl": f"https://thirdwx.qlogo.cn/mmopen/{_stable_id('a', user)}/132",
+            "privilege": [],
+            "unionid": self.identity(appid, user)[1],
+        }
+
+    # -- the unlimited mini-program code (wxa/getwxacodeunlimit)
+
+    def _wxa_code(self) -> Response:
+        """A real PNG whose text chunks name the scene and page, or WeChat's JSON errors:
+        https://developers.weixin.qq.com/miniprogram/dev/OpenApiDoc/qrcode-link/qr-code/getUnlimitedQRCode.html"""
+        path = "/wxa/getwxacodeunlimit"
+        with self._lock:
+            self.calls.append(path)
+            fault = next((item for item in self._faults if item.path == path), None)
+            if fault is not None:
+                self._faults.remove(fault)
+        if fault is not None and fault.errcode is not None:
+            return _json({"errcode": fault.errcode, "errmsg": f"injected {fault.errcode}"})
+        refused = self._token_error()
+        if refused is not None:
+            return _json(refused)
+        body = request.get_json(silent=True)
+        scene = body.get("scene") if isinstance(body, dict) else None
+        page = body.get("page", "") if isinstance(body, dict) else ""
+        if not isinstance(scene, str) or not 0 < len(scene) <= 32 or not isinstance(page, str):
+            return _json({"errcode": 40169, "errmsg": "invalid length for scene"})
+        if page.startswith("/"):
+            return _json({"errcode": 41030, "errmsg": "invalid page"})
+        return Response(scene_png(scene, page), mimetype="image/png")
+
+
+def scene_png(scene: str, page: str, size: int = 21, scale: int = 8) -> bytes:
+    """A small grey PNG of cells drawn from the scene's hash, with ``scene`` and ``page`` in
+    tEXt chunks: a real image a browser shows, whose content names what it encodes."""
+    digest = hashlib.sha256(scene.encode()).digest()
+    bits = "".join(f"{byte:08b}" for byte in digest * (size * size // 256 + 1))
+    rows = []
+    for y in range(size * scale):
+        cells = bytes(
+            0 if bits[(y // scale) * size + x // scale] == "1" else 255 for x in range(size * scale)
+        )
+        rows.append(b"\x00" + cells)  # filter type 0 for every row
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )  # fmt: skip
+
+    side = size * scale
+    return b"".join(
+        (
+            b"\x89PNG\r\n\x1a\n",
+            chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)),
+            chunk(b"tEXt", b"scene\x00" + scene.encode()),
+            chunk(b"tEXt", b"page\x00" + page.encode()),
+            chunk(b"IDAT", zlib.compress(b"".join(rows))),
+            chunk(b"IEND", b""),
+        )
+    )
+
+
+def _page(title: str, body: str, status: int = 200) -> Response:
+    html = (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>{escape(title)}</title></head><body><h1>{escape(title)}</h1>{body}</body></html>"
+    )
+    return Response(html, status=status, mimetype="text/html")
 
 
 def sample_avatar(user: str) -> bytes:
