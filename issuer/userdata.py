@@ -67,7 +67,7 @@ class UserData:
         """
         if (raw_data is None) != (signature is None):
             raise InvalidRequest("raw_data and signature must be sent together.")
-        appid, openid = caller.session.appid, caller.session.openid
+        appid, openid = self._app(caller).appid, caller.session.openid
         session_key = self._session_key(appid, openid)
         if (
             raw_data is not None
@@ -141,9 +141,20 @@ class UserData:
     # -- helpers
 
     def _app(self, caller: Caller) -> WeChatApp:
+        """The mini-program of the caller's session.
+
+        :raises InvalidClient: the app is no longer configured.
+        :raises InvalidRequest: the session came through an official account (web login):
+            no ``session_key`` exists for it, and WeChat's phone and session APIs serve
+            mini-programs only.
+        """
         app = self.settings.app(caller.session.appid)
         if app is None:
             raise InvalidClient("The app of this token is no longer configured here.")
+        if app.kind != "miniprogram":
+            raise InvalidRequest(
+                "This endpoint serves mini-program logins; this token came through a web login."
+            )
         return app
 
     def _session_key(self, appid: str, openid: str) -> str:

@@ -442,16 +442,27 @@ def test_userinfo_failure_redirects_back(browser: Browser, emulator: WeChatEmula
     assert back["error"] == "temporarily_unavailable"
 
 
-def test_an_h5_session_cannot_decrypt_mini_program_data(
-    http: FlaskClient, browser: Browser
+def test_an_h5_session_is_refused_by_the_mini_program_only_endpoints(
+    http: FlaskClient, browser: Browser, emulator: WeChatEmulator
 ) -> None:
     pair = browser.exchange(browser.code()).get_json()
-    answer = http.post(
-        "/wechat/decrypt",
-        json={
-            "encrypted_data": base64.b64encode(secrets.token_bytes(32)).decode(),
-            "iv": base64.b64encode(secrets.token_bytes(16)).decode(),
-        },
-        headers={"Authorization": f"Bearer {pair['access_token']}"},
-    )
-    assert answer.status_code == 409
+    bearer = {"Authorization": f"Bearer {pair['access_token']}"}
+    calls_before = len(emulator.calls)
+    answers = [
+        http.post(
+            "/wechat/decrypt",
+            json={
+                "encrypted_data": base64.b64encode(secrets.token_bytes(32)).decode(),
+                "iv": base64.b64encode(secrets.token_bytes(16)).decode(),
+            },
+            headers=bearer,
+        ),
+        http.post("/wechat/phone", json={"code": "phone-code"}, headers=bearer),
+        http.get("/wechat/session", headers=bearer),
+    ]
+    for answer in answers:
+        assert answer.status_code == 400, answer.get_json()
+        assert answer.get_json()["error"] == "invalid_request"
+        assert "mini-program" in answer.get_json()["error_description"]
+    # Nothing was asked of WeChat with the official account's credentials.
+    assert len(emulator.calls) == calls_before
