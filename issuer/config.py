@@ -493,9 +493,17 @@ def load_settings(
         values["wechat_api_base"] = values["url"].rstrip("/") + "/_wechat"
         values["wechat_open_base"] = values["wechat_api_base"]
     entries = file_clients + override_clients
-    if emulate and not entries and [app.appid for app in apps] == [DEVELOPMENT_APPID]:
+    own_pages = urlsplit(values["url"])
+    if (
+        emulate
+        and not entries
+        and [app.appid for app in apps] == [DEVELOPMENT_APPID]
+        and (own_pages.scheme == "https" or is_loopback(own_pages.hostname or ""))
+    ):
         # Beside its own mini-program, the emulator plays an official account and a client
-        # of each kind, so both web login flows run offline.
+        # of each kind, so both web login flows run offline. Their redirect URI is issuer's
+        # own page: on a plain-http address off loopback it could not be registered (RFC
+        # 8252 §7.3), so there they are left out.
         apps.append(WeChatApp(DEVELOPMENT_OA_APPID, secrets.token_hex(16), "officialaccount"))
         entries = _development_clients(values["url"], apps)
     clients = _clients(entries, apps)

@@ -13,6 +13,7 @@ from issuer.config import (
     load_settings,
 )
 
+URL = "https://login.example.com"  # production names itself
 MP = "wx1111111111111111"
 OA = "wx3333333333333333"
 APPS = [
@@ -30,7 +31,7 @@ WEB: dict[str, Any] = {"id": "shop-pc", "kind": "web", "app": MP, "page": "pages
 
 
 def settings(*clients: dict[str, Any], **extra: Any) -> Any:
-    return load_settings({"apps": APPS, "clients": list(clients), **extra}, environ={})
+    return load_settings({"url": URL, "apps": APPS, "clients": list(clients), **extra}, environ={})
 
 
 def test_both_kinds_load() -> None:
@@ -107,7 +108,7 @@ def test_duplicate_client_id_refused() -> None:
 
 def test_clients_must_be_an_array_of_tables() -> None:
     with pytest.raises(ConfigError) as caught:
-        load_settings({"apps": APPS, "clients": {"id": "x"}}, environ={})
+        load_settings({"url": URL, "apps": APPS, "clients": {"id": "x"}}, environ={})
     assert caught.value.setting == "clients"
 
 
@@ -119,7 +120,8 @@ def test_clients_from_the_toml_file(tmp_path: Any) -> None:
         'redirect_uris = ["https://shop.example.com/auth/done"]\n'
     )
     loaded = load_settings(
-        {"config": str(path)}, environ={"ISSUER_WECHAT_APPID": MP, "ISSUER_WECHAT_SECRET": "x"}
+        {"config": str(path), "url": URL},
+        environ={"ISSUER_WECHAT_APPID": MP, "ISSUER_WECHAT_SECRET": "x"},
     )
     assert loaded.client("shop-h5") is not None
 
@@ -138,3 +140,9 @@ def test_development_mode_plays_both_flows() -> None:
 
 def test_production_authorize_page_is_wechats() -> None:
     assert settings(H5).wechat_open_base == "https://open.weixin.qq.com"
+
+
+def test_development_on_a_plain_http_address_off_loopback_plays_no_web_client() -> None:
+    loaded = load_settings({"env": "development", "url": "http://devbox.lan:8000"}, environ={})
+    assert loaded.client(DEVELOPMENT_H5_CLIENT) is None
+    assert loaded.client(DEVELOPMENT_WEB_CLIENT) is None
