@@ -22,7 +22,7 @@ from ..config import Settings
 # emulator's authorize page in a frame, and the code and avatar images: "default-src 'none'"
 # opened one directive at a time (CSP Level 3). No inline script or style, no form posts.
 CONTENT_SECURITY_POLICY: Final = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; "
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
     "connect-src 'self'; frame-src 'self'; form-action 'none'; base-uri 'none'; "
     "frame-ancestors 'none'"
 )

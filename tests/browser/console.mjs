@@ -106,6 +106,13 @@ try {
   await page.waitForSelector("#h5-error:not([hidden])");
   assert.match(await page.textContent("#h5-error"), /access_denied/);
 
+  // A snapshot-page visitor (is_snapshotuser=1) gets no account, and the page says why.
+  await page.click("#h5-start");
+  await page.waitForSelector("#h5-error", { state: "hidden" });
+  await wechat.locator("button[value=snapshot]").click();
+  await page.waitForSelector("#h5-error:not([hidden])");
+  assert.match(await page.textContent("#h5-error"), /access_denied: .*snapshot/);
+
   // -- PC scan: the PC shows the code and long-polls; the phone half scans and approves
   await page.click("#pc-start");
   await page.waitForFunction(() => document.querySelector("#pc-qrcode").naturalWidth > 0);
