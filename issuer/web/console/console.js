@@ -167,7 +167,7 @@ async function mpLogin() {
   mp.user = user;
   renderPair("mp", pair);
   show("mp-result", { logged_in_as: user, user_id: pair.user_id, is_new_user: pair.is_new_user });
-  $("pc-scan").disabled = !pc.ticket;
+  $("pc-scan").disabled = !(pc.ticket && $("pc-status").textContent === "pending");
 }
 
 async function mpMe() {
