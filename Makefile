@@ -5,10 +5,10 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help run serve test lint bench soak clean node services
+.PHONY: help run serve test lint bench soak clean node services chromium
 
 help: ## list the targets
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-6s %s\n", $$1, $$2}'
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,13 +22,18 @@ run: $(STAMP) ## development mode on 127.0.0.1:8000 with the WeChat emulator
 serve: $(STAMP) ## production mode under gunicorn (configure ISSUER_* first)
 	$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
 
-test: $(STAMP) node services ## the whole test suite
+test: $(STAMP) node services chromium ## the whole test suite
 	$(BIN)/pytest
 
 node: ## Node.js and npm for the JavaScript client and example tests (Debian's, when missing)
 	@command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || { \
 	  echo "installing Node.js and npm from Debian"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; }
+
+chromium: ## Debian's chromium for the console's browser test (no browser is ever downloaded)
+	@command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || { \
+	  echo "installing chromium from Debian"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
 services: ## PostgreSQL and Redis binaries for the store and rate-limit tests (Debian's, when missing)
 	@# The tests start throwaway instances of their own: the packages' services stay stopped

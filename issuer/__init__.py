@@ -141,6 +141,9 @@ def create_app(
         )
     if settings.emulate_wechat:
         _mount_emulator(app, settings)
+        from .web import console
+
+        console.install(app, settings)  # the page plays the emulator's phone: never without it
     if entry is not None:
         log_startup(app.logger, settings, keys().active.kid)
     return app

@@ -228,13 +228,38 @@ export interface IssuerClient {
   getPhoneNumber(event: PhoneNumberEvent): Promise<PhoneNumber>;
   /** DELETE /me, then clears storage (SIGNED_OUT, reason `account_deleted`). */
   deleteAccount(): Promise<void>;
+  /** POST /auth/scan/{ticket}/scanned: this user scanned the PC's code (logs in first when needed). */
+  scanned(ticket: string): Promise<ScanScanned>;
+  /** POST /auth/scan/{ticket}/confirm: `true` logs the PC in as this user, `false` refuses. */
+  confirmScan(ticket: string, approve: boolean): Promise<ScanAnswer>;
   /** The stored tokens as they are (the access token may have expired), or null. */
   getTokens(): Tokens | null;
   /** Listen for sign-in, refresh and sign-out; returns the unsubscribe function. */
   onAuthStateChange(listener: AuthStateListener): () => void;
 }
 
+/** What `scanned()` resolves with: `client_id` names the PC site that asks. */
+export interface ScanScanned {
+  status: 'scanned';
+  client_id: string;
+}
+/** What `confirmScan()` resolves with. */
+export interface ScanAnswer {
+  status: 'confirmed' | 'denied';
+}
+/** A page's `onLoad` options, as far as a scan code fills them. */
+export interface ScanPageOptions {
+  /** The code's scene, URL-encoded as WeChat hands it over. */
+  scene?: string;
+  /** The ticket passed as a plain query parameter (navigateTo, DevTools' compile mode). */
+  ticket?: string;
+  [key: string]: string | undefined;
+}
+
 export declare function createClient(config: ClientConfig): IssuerClient;
+
+/** The scan ticket from a page's `onLoad` options (`decodeURIComponent(options.scene)`), or null. */
+export declare function scanTicketFrom(options?: ScanPageOptions | null): string | null;
 
 export declare function wxPlatform(wx: WxLike): Platform;
 export declare function taroPlatform(taro: TaroLike): Platform;

@@ -331,6 +331,30 @@ function isLoopback(url) {
  *                                     loopback address.
  * @returns {IssuerClient}
  */
+// A scan ticket as issuer makes them: the `scene` of the code the PC shows.
+const TICKET_PATTERN = /^[A-Za-z0-9_-]{32}$/;
+
+/**
+ * The scan ticket a page was opened with: `onLoad(options)`'s `options.scene`, which WeChat
+ * hands over URL-encoded (获取不限制的小程序码: scene). Also takes `options.ticket`, for a
+ * page opened by `wx.navigateTo({url: '...?ticket=...'})` or DevTools' compile mode.
+ *
+ * @param {Object} [options]  the page's `onLoad` options.
+ * @returns {string|null} the ticket, or null when the page was not opened by a scan code.
+ */
+function scanTicketFrom(options) {
+  if (!options) return null;
+  const raw = typeof options.scene === 'string' && options.scene ? options.scene : options.ticket;
+  if (typeof raw !== 'string' || !raw) return null;
+  let ticket;
+  try {
+    ticket = decodeURIComponent(raw);
+  } catch (e) {
+    return null; // a malformed escape: not a code issuer made
+  }
+  return TICKET_PATTERN.test(ticket) ? ticket : null;
+}
+
 function createClient(config) {
   config = config || {};
   if (!config.baseUrl) throw new TypeError('createClient: baseUrl is required');
@@ -831,6 +855,57 @@ function createClient(config) {
     emit('SIGNED_OUT', { tokens: null, reason: 'account_deleted', error: null });
   }
 
+  // -- PC scan login: the phone half
+
+  function checkTicket(ticket, name) {
+    if (typeof ticket !== 'string' || !TICKET_PATTERN.test(ticket)) {
+      throw new TypeError(name + ': ticket must be the 32-character scene of a scan code');
+    }
+  }
+
+  /**
+   * Tell issuer this user scanned the PC's code (`POST /auth/scan/{ticket}/scanned`): the PC
+   * shows "scanned" and the ticket is this user's alone to confirm. Logs in first when there
+   * are no tokens. Calling it again for the same ticket is harmless.
+   *
+   * @param {string} ticket  from `scanTicketFrom(options)`.
+   * @returns {Promise<{status: 'scanned', client_id: string}>} `client_id` names the PC site.
+   * @throws {IssuerApiError} `invalid_grant` (the ticket expired, or another user scanned
+   *         it), `invalid_request` (a ticket of another mini-program), or what a login threw.
+   */
+  async function scanned(ticket) {
+    checkTicket(ticket, 'scanned');
+    const res = await request({
+      url: '/auth/scan/' + ticket + '/scanned',
+      method: 'POST',
+      data: {},
+      header: { 'content-type': 'application/json' },
+    });
+    return parseBody(res.data);
+  }
+
+  /**
+   * The user's answer to "log in on the PC?" (`POST /auth/scan/{ticket}/confirm`): `true`
+   * logs the PC in as this user, `false` refuses. Call `scanned(ticket)` first.
+   *
+   * @param {string} ticket
+   * @param {boolean} approve
+   * @returns {Promise<{status: 'confirmed'|'denied'}>}
+   * @throws {IssuerApiError} `invalid_grant` (expired, already answered, or scanned by
+   *         another user), or what a login or refresh threw.
+   */
+  async function confirmScan(ticket, approve) {
+    checkTicket(ticket, 'confirmScan');
+    if (typeof approve !== 'boolean') throw new TypeError('confirmScan: approve must be a boolean');
+    const res = await request({
+      url: '/auth/scan/' + ticket + '/confirm',
+      method: 'POST',
+      data: { approve: approve },
+      header: { 'content-type': 'application/json' },
+    });
+    return parseBody(res.data);
+  }
+
   return {
     login: login,
     ensureLogin: ensureLogin,
@@ -841,6 +916,8 @@ function createClient(config) {
     uploadAvatar: uploadAvatar,
     getPhoneNumber: getPhoneNumber,
     deleteAccount: deleteAccount,
+    scanned: scanned,
+    confirmScan: confirmScan,
     getTokens: getTokens,
     onAuthStateChange: onAuthStateChange,
   };
@@ -849,6 +926,7 @@ function createClient(config) {
 module.exports = {
   VERSION: VERSION,
   createClient: createClient,
+  scanTicketFrom: scanTicketFrom,
   wxPlatform: wxPlatform,
   taroPlatform: taroPlatform,
   uniPlatform: uniPlatform,

@@ -5,6 +5,7 @@ import client from './issuer.js';
 export const {
   VERSION,
   createClient,
+  scanTicketFrom,
   wxPlatform,
   taroPlatform,
   uniPlatform,

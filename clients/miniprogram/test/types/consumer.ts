@@ -93,3 +93,18 @@ const unsubscribe: () => void = issuer.onAuthStateChange((event, detail) => {
 });
 unsubscribe();
 void launch;
+
+// PC scan login, the phone half: the ticket from onLoad's options, then scanned and confirm.
+import { scanTicketFrom, type ScanAnswer, type ScanScanned } from 'issuer-miniprogram-client';
+async function scanPage(options: Record<string, string | undefined>): Promise<void> {
+  const ticket: string | null = scanTicketFrom(options);
+  if (ticket === null) return;
+  const seen: ScanScanned = await issuer.scanned(ticket);
+  const site: string = seen.client_id;
+  void site;
+  const answer: ScanAnswer = await issuer.confirmScan(ticket, true);
+  if (answer.status === 'denied') console.warn('refused');
+  // @ts-expect-error approve is a boolean
+  await issuer.confirmScan(ticket, 'yes');
+}
+void scanPage;
