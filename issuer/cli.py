@@ -48,7 +48,7 @@ WORKER_WAIT = 10.0
 
 WALKTHROUGH = """\
 issuer is running in development mode, with a WeChat emulator at {url}/_wechat.
-Try the whole flow from another terminal:
+Open {url}/_console in a browser to try every flow, or paste this into another terminal:
 
   j() {{ python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }}
 
